@@ -1,0 +1,50 @@
+# One Makefile that people and CI both call. Needs only python3.11 on PATH.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install lint typecheck test test-fast demo up env-example flower-screenshot chaos bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the project with its dev tools
+
+lint: $(STAMP)  ## ruff and mypy --strict
+	$(BIN)/ruff check project tests scripts
+	$(BIN)/ruff format --check project tests scripts
+	$(BIN)/mypy project
+
+typecheck: $(STAMP)
+	$(BIN)/mypy project
+
+test: $(STAMP)  ## the whole suite: unit, property and integration tests
+	$(BIN)/pytest
+
+test-fast: $(STAMP)  ## unit and property tests only
+	$(BIN)/pytest -m "not integration"
+
+demo: $(STAMP)  ## embedded Redis + every tier, a few hundred jobs, then stop
+	$(BIN)/python -m project demo
+
+up: $(STAMP)  ## embedded Redis + every tier + beat + Flower, until Ctrl-C
+	$(BIN)/python -m project up
+
+env-example: $(STAMP)  ## regenerate .env.example from the settings class
+	$(BIN)/python -m project.ops.env_example > .env.example
+
+flower-screenshot: $(STAMP)  ## docs/flower.png (needs chromium)
+	$(BIN)/python scripts/screenshot_flower.py
+
+chaos: $(STAMP)  ## fault-injection run with figures
+	$(BIN)/python scripts/chaos.py
+
+bench: $(STAMP)  ## ours against bare Celery (BENCH_ARGS=--full adds scaling and the leak check)
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,661 @@
+"""The operators' command line: ``python -m project`` or ``agents``.
+
+Every command reads the same settings as the agents (``AGENTS_*`` variables, ``.env``).
+Errors are one red line on stderr and a non-zero exit code; ``agents --debug ...``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import inspect
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import typer
+from rich.console import Console
+from rich.json import JSON
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from project.core.errors import AgentsError
+
+app = typer.Typer(
+    help="Coordinator -> Distributor -> Worker agents on Celery.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_state = {"debug": False}
+
+
+def _out() -> Console:
+    return Console(highlight=False)
+
+
+def _err() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def _redact(url: str) -> str:
+    """A Redis URL without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _describe(exc: BaseException) -> str:
+    """One line that says what went wrong."""
+    from celery.exceptions import TimeoutError as CeleryTimeoutError
+    from kombu.exceptions import OperationalError
+    from pydantic import ValidationError
+    from redis.exceptions import AuthenticationError, RedisError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from project.core.settings import Settings
+
+    def url() -> str:
+        try:
+            return _redact(Settings().redis_url)
+        except Exception:
+            return "AGENTS_REDIS_URL"
+
+    if isinstance(exc, AuthenticationError):
+        return f"Redis at {url()} refused the password: {exc}"
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OperationalError):
+        return f"cannot reach Redis at {url()}: {exc}"
+    if isinstance(exc, RedisError):
+        return f"Redis error: {exc}"
+    if isinstance(exc, CeleryTimeoutError):
+        return f"timed out: {exc}"
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()
+        )
+        return f"invalid settings or input: {problems}"
+    if isinstance(exc, AgentsError):
+        return f"{type(exc).__name__}: {exc}"
+    message = str(exc) or repr(exc)
+    return f"{type(exc).__name__}: {message}".replace("\n", " ")
+
+
+def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn any error into one red line and exit code 1 (``--debug`` re-raises)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if _state["debug"]:
+                raise
+            _err().print(f"[bold red]error:[/] {_describe(exc)}", soft_wrap=True, markup=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    _err().print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _settings() -> Any:
+    from project.core.settings import Settings
+
+    return Settings()
+
+
+def _redis(settings: Any) -> Any:
+    """A client that fails fast: an operator waits seconds, not the agents' 30 s of retries."""
+    from redis import Redis
+
+    return Redis.from_url(
+        settings.redis_url, decode_responses=True, socket_connect_timeout=3, socket_timeout=10
+    )
+
+
+def _ago(ms: int | None) -> str:
+    if not ms:
+        return "never"
+    seconds = max(0.0, time.time() - ms / 1000)
+    if seconds < 120:
+        return f"{seconds:.1f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def _when(ms: int | None) -> str:
+    if not ms:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Coordinator -> Distributor -> Worker agents on Celery."""
+    _state["debug"] = debug
+
+
+# --- demo and up ---------------------------------------------------------------------
+
+
+@app.command()
+def demo(jobs: int = typer.Option(300, help="How many jobs to run.")) -> None:
+    """Start an embedded Redis and every tier, run a mixed workload, print a summary."""
+    from project.ops.demo import run_demo
+
+    raise typer.Exit(run_demo(jobs))
+
+
+@app.command()
+@friendly_errors
+def up(
+    workers: Annotated[str, typer.Option(help="Worker ids, comma-separated.")] = "w1,w2,w3",
+    distributors: Annotated[int, typer.Option(min=1, help="Distributor processes.")] = 2,
+    concurrency: Annotated[int, typer.Option(min=1, help="Pool size of each process.")] = 2,
+    flower_port: Annotated[int, typer.Option(help="Flower's port (127.0.0.1).")] = 5555,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve /metrics from port N (N+1, ... per agent).")
+    ] = None,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Folder for Redis data and logs (default: a temp dir).")
+    ] = None,
+) -> None:
+    """Embedded Redis + every tier + beat + Flower, in one command. Ctrl-C stops everything."""
+    from project.ops.up import UpOptions, run_up
+
+    ids = tuple(w.strip() for w in workers.split(",") if w.strip())
+    if not ids:
+        raise _fail("--workers names no worker")
+    options = UpOptions(
+        workers=ids,
+        distributors=distributors,
+        concurrency=concurrency,
+        flower_port=flower_port,
+        metrics_port=metrics_port,
+        workdir=workdir,
+    )
+    raise typer.Exit(run_up(options, _out()))
+
+
+# --- submit ---------------------------------------------------------------------------
+
+
+def _parse_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _fail(
+            f"{what} is not valid JSON: {exc.msg} (line {exc.lineno} col {exc.colno})"
+        ) from None
+    if not isinstance(value, dict):
+        raise _fail(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _read_jobs(path: Path, priority: str) -> list[dict[str, Any]]:
+    jobs: list[dict[str, Any]] = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            job = _parse_object(line, f"{path}:{number}")
+            if not isinstance(job.get("task_type"), str) or not isinstance(
+                job.get("payload"), dict
+            ):
+                raise _fail(f"{path}:{number}: needs a string 'task_type' and an object 'payload'")
+            unknown = set(job) - {"task_type", "payload", "priority", "requirements", "deadline_s"}
+            if unknown:
+                raise _fail(f"{path}:{number}: unknown fields {sorted(unknown)}")
+            job.setdefault("priority", priority)
+            jobs.append(job)
+    if not jobs:
+        raise _fail(f"{path} holds no job")
+    return jobs
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=_out(),
+    )
+
+
+@app.command()
+@friendly_errors
+def submit(
+    task_type: Annotated[str | None, typer.Argument(help="compute, data_processing, ...")] = None,
+    payload: Annotated[str | None, typer.Argument(help="The job's payload, a JSON object.")] = None,
+    priority: Annotated[str, typer.Option(help="urgent, high, normal or low.")] = "normal",
+    tags: Annotated[str, typer.Option(help="Tags the worker must have, comma-separated.")] = "",
+    deadline_s: Annotated[
+        float | None, typer.Option(help="How long the job may wait for a worker.")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the result(s).")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 60.0,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", "-f", help="JSON Lines: one {task_type, payload, ...} per line."),
+    ] = None,
+) -> None:
+    """Submit one job, or every job of a JSON Lines file (with a progress bar)."""
+    from project.core.models import Priority
+
+    if priority not in {p.value for p in Priority}:
+        raise _fail(f"--priority must be one of {', '.join(p.value for p in Priority)}")
+    if file is not None:
+        if task_type is not None or payload is not None:
+            raise _fail("give either TASK_TYPE PAYLOAD_JSON or --file, not both")
+        _submit_file(_read_jobs(file, priority), wait=wait, timeout=timeout)
+        return
+    if task_type is None or payload is None:
+        raise _fail("give TASK_TYPE and PAYLOAD_JSON, or --file jobs.jsonl")
+    job: dict[str, Any] = {
+        "task_type": task_type,
+        "payload": _parse_object(payload, "PAYLOAD_JSON"),
+        "priority": priority,
+    }
+    if tags:
+        job["requirements"] = {"tags": [t.strip() for t in tags.split(",") if t.strip()]}
+    if deadline_s is not None:
+        job["deadline_s"] = deadline_s
+    from project.client import submit_many
+
+    (result,) = submit_many([job])
+    out = _out()
+    out.print(f"submitted job [bold]{result.id}[/]")
+    if not wait:
+        return
+    value = result.get(timeout=timeout)
+    out.print(JSON.from_data(value))
+
+
+def _submit_file(jobs: list[dict[str, Any]], *, wait: bool, timeout: float) -> None:
+    from celery.exceptions import TimeoutError as CeleryTimeoutError
+
+    from project.client import submit_many
+
+    results = []
+    with _progress() as progress:
+        sent = progress.add_task("submitting", total=len(jobs))
+        for start in range(0, len(jobs), 100):
+            batch = jobs[start : start + 100]
+            results += submit_many(batch)
+            progress.advance(sent, len(batch))
+        if wait:
+            done = progress.add_task("completing", total=len(results))
+            deadline = time.monotonic() + timeout
+            outcomes: dict[str, int] = {}
+            for result in results:
+                try:
+                    result.get(timeout=max(0.01, deadline - time.monotonic()), propagate=False)
+                except CeleryTimeoutError:
+                    outcomes["timed out"] = outcomes.get("timed out", 0) + 1
+                    continue
+                finally:
+                    progress.advance(done)
+                kind = "completed" if result.successful() else type(result.result).__name__
+                outcomes[kind] = outcomes.get(kind, 0) + 1
+    out = _out()
+    out.print(f"submitted {len(results)} jobs; first {results[0].id}, last {results[-1].id}")
+    if wait:
+        table = Table(title="outcomes")
+        table.add_column("outcome")
+        table.add_column("jobs", justify="right")
+        for kind, n in sorted(outcomes.items()):
+            table.add_row(kind, str(n))
+        out.print(table)
+        if set(outcomes) != {"completed"}:
+            raise typer.Exit(1)
+
+
+# --- status ---------------------------------------------------------------------------
+
+
+def _queue_depths(redis: Any, queues: list[str]) -> dict[str, dict[int, int]]:
+    from project.core.models import PRIORITY_STEPS
+
+    pipe = redis.pipeline(transaction=False)
+    for queue in queues:
+        for step in PRIORITY_STEPS:
+            pipe.llen(queue if step == 0 else f"{queue}:{step}")
+    counts = iter(pipe.execute())
+    return {queue: {step: int(next(counts)) for step in PRIORITY_STEPS} for queue in queues}
+
+
+def collect_status(redis: Any, settings: Any) -> dict[str, Any]:
+    """Everything ``agents status`` shows, as plain data (read from Redis)."""
+    from project.core.constants import (
+        COORDINATOR_QUEUE,
+        DISTRIBUTOR_QUEUE,
+        KEY_JOBS_OPEN,
+    )
+    from project.core.jobs import JobStore
+    from project.core.registry import AgentRegistry
+
+    registry = AgentRegistry(redis)
+    cards, beats, dead = registry.snapshot()
+    now_ms = int(time.time() * 1000)
+    timeout_ms = int(settings.heartbeat_timeout_s * 1000)
+    workers = sorted(a for a, c in cards.items() if c.tier == "worker")
+    loads = registry.loads(workers) if workers else {}
+    agents = []
+    for agent_id, card in sorted(cards.items(), key=lambda kv: (kv[1].tier, kv[0])):
+        beat = beats.get(agent_id)
+        if agent_id in dead:
+            health = "dead"
+        elif beat is not None and now_ms - beat <= timeout_ms:
+            health = "live"
+        else:
+            health = "silent"
+        agents.append(
+            {
+                "id": agent_id,
+                "tier": card.tier,
+                "hostname": card.hostname,
+                "queue": card.queue,
+                "concurrency": card.concurrency,
+                "health": health,
+                "last_heartbeat_ms": beat,
+                "dead": agent_id in dead,
+                "open_jobs": loads.get(agent_id),
+            }
+        )
+    queues = [COORDINATOR_QUEUE, DISTRIBUTOR_QUEUE] + [cards[w].queue for w in workers]
+    store = JobStore(redis, result_ttl_s=settings.result_ttl_s)
+    refused: dict[str, str] = redis.hgetall("stats:a2a:refused")
+    return {
+        "agents": agents,
+        "queues": _queue_depths(redis, queues),
+        "unacked": int(redis.hlen("unacked")),
+        "jobs": store.counts(),
+        "open_jobs": int(redis.zcard(KEY_JOBS_OPEN)),
+        "stats": store.stats(),
+        "refused": {reason: int(n) for reason, n in refused.items()},
+    }
+
+
+@app.command()
+@friendly_errors
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Agents of every tier with their health, queue depths and job counts."""
+    from project.core.models import JobStatus
+
+    settings = _settings()
+    report = collect_status(_redis(settings), settings)
+    out = _out()
+    if as_json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+        return
+    agents = Table(title=f"agents (Redis {_redact(settings.redis_url)})")
+    for column in ("agent", "tier", "host", "queue", "pool", "health", "last heartbeat", "dead"):
+        agents.add_column(column)
+    agents.add_column("open jobs", justify="right")
+    colors = {"live": "green", "silent": "yellow", "dead": "red"}
+    for agent in report["agents"]:
+        agents.add_row(
+            agent["id"],
+            agent["tier"],
+            agent["hostname"],
+            agent["queue"],
+            str(agent["concurrency"]),
+            f"[{colors[agent['health']]}]{agent['health']}[/]",
+            _ago(agent["last_heartbeat_ms"]),
+            "yes" if agent["dead"] else "no",
+            "-" if agent["open_jobs"] is None else str(agent["open_jobs"]),
+        )
+    out.print(agents if report["agents"] else "[yellow]no agent is registered[/]")
+
+    queues = Table(title="queue depths")
+    queues.add_column("queue")
+    queues.add_column("waiting", justify="right")
+    queues.add_column("by priority (urgent/high/normal/low)", justify="right")
+    for queue, depths in report["queues"].items():
+        queues.add_row(queue, str(sum(depths.values())), "/".join(str(n) for n in depths.values()))
+    queues.add_row("[dim]delivered, not yet acked[/]", str(report["unacked"]), "")
+    out.print(queues)
+
+    jobs = Table(title="jobs (that ever reached each status)")
+    jobs.add_column("status")
+    jobs.add_column("jobs", justify="right")
+    for job_status in JobStatus:
+        jobs.add_row(job_status.value, str(report["jobs"].get(job_status.value, 0)))
+    jobs.add_row("[bold]open now[/]", str(report["open_jobs"]))
+    for name, n in sorted(report["stats"].items()):
+        jobs.add_row(f"[dim]{name}[/]", str(n))
+    for reason, n in sorted(report["refused"].items()):
+        jobs.add_row(f"[dim]refused envelopes: {reason}[/]", str(n))
+    out.print(jobs)
+
+
+# --- watch ----------------------------------------------------------------------------
+
+
+def _format_event(channel: str, data: str) -> str:
+    try:
+        event = json.loads(data)
+    except ValueError:
+        return f"{channel}  {data}"
+    stamp = datetime.now(UTC).strftime("%H:%M:%S.%f")[:-3]
+    if not isinstance(event, dict):
+        return f"{stamp}  {channel}  {data}"
+    if "job_id" in event:
+        rest = " ".join(
+            f"{k}={v}" for k, v in event.items() if k not in ("job_id", "status") and v != ""
+        )
+        return f"{stamp}  job    {event['job_id']}  {event.get('status', '?'):<11} {rest}"
+    if "agent_id" in event:
+        return f"{stamp}  agent  {event['agent_id']}  {event.get('event', '?')}"
+    return f"{stamp}  {channel}  {data}"
+
+
+def _events(redis: Any, channels: list[str], seconds: float | None) -> Iterator[tuple[str, str]]:
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(*channels)
+    deadline = None if seconds is None else time.monotonic() + seconds
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.5)
+            if message is not None and message.get("type") == "message":
+                yield str(message["channel"]), str(message["data"])
+    finally:
+        pubsub.close()
+
+
+@app.command()
+@friendly_errors
+def watch(
+    count: Annotated[int | None, typer.Option(help="Stop after N events.")] = None,
+    seconds: Annotated[float | None, typer.Option(help="Stop after S seconds.")] = None,
+    jobs: Annotated[bool, typer.Option(help="Show job events.")] = True,
+    agents: Annotated[bool, typer.Option(help="Show agent events.")] = True,
+) -> None:
+    """Print job and agent state changes as they happen (Redis pub/sub). Ctrl-C stops."""
+    from project.core.constants import CHANNEL_AGENTS, CHANNEL_JOBS
+
+    channels = [c for c, on in ((CHANNEL_JOBS, jobs), (CHANNEL_AGENTS, agents)) if on]
+    if not channels:
+        raise _fail("nothing to watch: both --no-jobs and --no-agents given")
+    settings = _settings()
+    out = _out()
+    out.print(f"watching {', '.join(channels)} on {_redact(settings.redis_url)} (Ctrl-C stops)")
+    seen = 0
+    try:
+        for channel, data in _events(_redis(settings), channels, seconds):
+            out.print(_format_event(channel, data), markup=False, soft_wrap=True)
+            sys.stdout.flush()
+            seen += 1
+            if count is not None and seen >= count:
+                break
+    except KeyboardInterrupt:
+        pass
+    out.print(f"{seen} events")
+
+
+# --- job ------------------------------------------------------------------------------
+
+
+@app.command()
+@friendly_errors
+def job(
+    job_id: Annotated[str, typer.Argument(help="The job id (the AsyncResult id).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """A job's record and its causal chain of A2A envelopes."""
+    from project.core.jobs import JobStore
+
+    settings = _settings()
+    store = JobStore(_redis(settings), result_ttl_s=settings.result_ttl_s)
+    record = store.get(job_id)
+    if record is None:
+        raise _fail(
+            f"no job {job_id!r} in Redis (finished jobs are kept {settings.result_ttl_s} s)"
+        )
+    chain = store.chain(job_id)
+    if as_json:
+        print(json.dumps({"record": record.model_dump(mode="json"), "chain": chain}, indent=2))
+        return
+    out = _out()
+    table = Table(title=f"job {job_id}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for name in ("task_type", "status", "priority", "epoch", "attempts", "assignee"):
+        table.add_row(name, str(getattr(record, name)))
+    table.add_row("created", _when(record.created_ms))
+    table.add_row("updated", _when(record.updated_ms))
+    table.add_row("deadline", _when(record.deadline_ms))
+    table.add_row("payload", json.dumps(record.payload)[:500])
+    if record.requirements.tags or record.requirements.worker_ids:
+        table.add_row("requirements", record.requirements.model_dump_json())
+    if record.result is not None:
+        table.add_row("result", json.dumps(record.result)[:500])
+    if record.error:
+        table.add_row(
+            "error", f"[red]{record.error.get('type', '')}: {record.error.get('message', '')}[/]"
+        )
+    out.print(table)
+    links = Table(title="causal chain (oldest first)")
+    for column in ("#", "type", "sender -> recipient", "seq", "signed at", "envelope", "parent"):
+        links.add_column(column)
+    for n, link in enumerate(chain, start=1):
+        links.add_row(
+            str(n),
+            link.get("type", ""),
+            f"{link.get('sender', '')} -> {link.get('recipient', '')}",
+            str(link.get("sequence_number", "")),
+            _when(link.get("timestamp_ms")),
+            str(link.get("id", ""))[:12],
+            str(link.get("parent_request_id") or "-")[:12],
+        )
+    out.print(links)
+
+
+# --- metrics --------------------------------------------------------------------------
+
+
+@app.command()
+@friendly_errors
+def metrics(
+    port: Annotated[int, typer.Option(help="Port to serve /metrics on.")] = 9100,
+    addr: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    multiproc_dir: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="PROMETHEUS_MULTIPROC_DIR of a service to include (repeatable; default: "
+            "the variable's value, if set)."
+        ),
+    ] = None,
+    once: Annotated[bool, typer.Option("--once", help="Print the figures once and exit.")] = False,
+) -> None:
+    """Serve the Prometheus figures: cluster state from Redis plus process metric files."""
+    from prometheus_client import generate_latest
+
+    from project.core.metrics import metrics_registry, serve_metrics
+
+    settings = _settings()
+    redis = _redis(settings)
+    redis.ping()
+    dirs = [str(d) for d in multiproc_dir or []]
+    if once:
+        registry = metrics_registry(redis=redis, multiproc_dirs=dirs or None)
+        sys.stdout.write(generate_latest(registry).decode())
+        return
+    server, _ = serve_metrics(port, addr=addr, redis=redis, multiproc_dirs=dirs or None)
+    _out().print(f"serving http://{addr}:{port}/metrics (Ctrl-C stops)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+
+
+# --- bench ----------------------------------------------------------------------------
+
+_BENCH_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+
+
+def _bench_main() -> Callable[..., Any] | None:
+    try:
+        module = importlib.import_module("project.ops.bench")
+    except ModuleNotFoundError as exc:
+        if exc.name != "project.ops.bench":
+            raise
+    else:
+        found: Callable[..., Any] | None = getattr(module, "main", None)
+        return found
+    if _BENCH_SCRIPT.is_file():
+        spec = importlib.util.spec_from_file_location("agents_bench_script", _BENCH_SCRIPT)
+        if spec is not None and spec.loader is not None:
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            script_main: Callable[..., Any] | None = getattr(module, "main", None)
+            return script_main
+    return None
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly_errors
+def bench(ctx: typer.Context) -> None:
+    """Our pipeline against bare Celery (extra arguments go to the benchmark)."""
+    main_fn = _bench_main()
+    if main_fn is None:
+        raise _fail(
+            "bench is not built yet: neither project.ops.bench nor scripts/bench.py "
+            "provides main() (see the benchmark issue)"
+        )
+    params = inspect.signature(main_fn).parameters
+    code = main_fn(list(ctx.args)) if params else main_fn()
+    raise typer.Exit(int(code or 0))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

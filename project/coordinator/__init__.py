@@ -1,0 +1,1 @@
+"""Coordinator tier: intake, beat-driven health checks, reconciliation."""

@@ -1,0 +1,243 @@
+"""Beat-driven health check and reconciliation, run by the coordinator.
+
+One run, under a short lease so that two beats never double-act:
+
+1. Agents silent past ``heartbeat_timeout_s`` are marked dead (visibly, in the
+   registry); one that heartbeats again is re-admitted by its heartbeat.
+2. Every unfinished job assigned to a dead worker (or to one that deregistered
+   while still holding jobs), queued or in flight, is sent
+   back to the distributor with its current epoch; routing moves it to a new
+   epoch on a live worker, so a late result from the dead one is ignored.
+   The dead worker's private queue is drained.
+3. Jobs still PENDING after ``stuck_job_after_s`` (a tier died before
+   dispatching them) are sent again, and so are jobs still ASSIGNED after it to a
+   live worker whose queue is empty: their work order was lost (a crash between
+   recording and sending it). Re-sending is always safe: it opens a new epoch, so
+   if the old order turns up after all, it is dropped as stale. Submit calls
+   that never became a job record (the message was lost with a crashing Redis)
+   are published again under the same id. A job IN_PROGRESS on a live worker
+   that reports (with its heartbeat) that it is not running it lost its result
+   on the way back and is re-sent too.
+4. Coordinator and distributor messages left unacknowledged for longer than
+   ``stuck_job_after_s`` belong to a process that died holding them (those tasks
+   take milliseconds); they are put back on their queue now instead of after the
+   broker's visibility timeout, which must stay longer than the longest job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+from project.coordinator.intake import dispatch_request
+from project.coordinator.shared_view import sync_shared_state
+from project.core.celery_app import app
+from project.core.constants import (
+    COORDINATOR_QUEUE,
+    DISTRIBUTOR_QUEUE,
+    KEY_LEASE,
+    KEY_RUNNING,
+    KEY_WORKER_JOBS,
+    TASK_SUBMIT,
+    worker_queue,
+)
+from project.core.envelope import now_ms
+from project.core.leases import LeaseManager
+from project.core.messages import DispatchRequest
+from project.core.models import PRIORITY_STEPS, JobRecord, JobStatus
+from project.core.runtime import Runtime
+
+log = logging.getLogger("project.coordinator.health")
+
+HEALTH_LEASE = "beat:health_check"
+KEY_REROUTED = "reroute:"  # reroute:{job}:{epoch} -> set once per epoch, so beats don't pile up
+KEY_STATS = "stats:jobs"
+KEY_HEALTH_STATS = "stats:health"
+
+
+@dataclass
+class HealthReport:
+    """What one health-check run did."""
+
+    ran: bool = False
+    newly_dead: list[str] = field(default_factory=list)
+    rerouted: list[str] = field(default_factory=list)
+    resent_stuck: list[str] = field(default_factory=list)
+    drained_messages: int = 0
+    restored_messages: int = 0
+
+
+def _request_for(record: JobRecord, reason: str) -> DispatchRequest:
+    return DispatchRequest(
+        job_id=record.id,
+        task_type=record.task_type,
+        payload=record.payload,
+        priority=record.priority,
+        requirements=record.requirements,
+        deadline_ms=max(record.deadline_ms, now_ms() + 30_000),
+        expected_epoch=record.epoch,
+        reason=reason,
+    )
+
+
+def _send_once(rt: Runtime, record: JobRecord, reason: str) -> bool:
+    """Send a dispatch request for this epoch of the job unless one went out recently."""
+    marker = f"{KEY_REROUTED}{record.id}:{record.epoch}"
+    if not rt.redis.set(marker, reason, nx=True, ex=max(5, int(rt.settings.stuck_job_after_s))):
+        return False
+    dispatch_request(rt, _request_for(record, reason))
+    return True
+
+
+def _workers_holding_jobs(rt: Runtime) -> set[str]:
+    """Ids of workers that have unfinished jobs assigned (from their job sets)."""
+    prefix = KEY_WORKER_JOBS
+    return {key[len(prefix) :] for key in rt.redis.scan_iter(match=f"{prefix}*", count=1000)}
+
+
+def _depth(rt: Runtime, queue: str, cache: dict[str, int]) -> int:
+    """Messages waiting in a queue, every priority level (cached per run)."""
+    if queue not in cache:
+        pipe = rt.redis.pipeline(transaction=False)
+        for name in [queue] + [f"{queue}:{step}" for step in PRIORITY_STEPS if step]:
+            pipe.llen(name)
+        cache[queue] = sum(int(n) for n in pipe.execute())
+    return cache[queue]
+
+
+def _queue_depth(rt: Runtime, worker_id: str, cache: dict[str, int]) -> int:
+    """Messages waiting in a worker's private queue."""
+    return _depth(rt, worker_queue(worker_id), cache)
+
+
+def _not_running(rt: Runtime, record: JobRecord, cache: dict[str, set[str] | None]) -> bool:
+    """True if the job's worker reported, in its last heartbeat, that it does not run it."""
+    worker_id = record.assignee
+    if worker_id not in cache:
+        raw = rt.redis.get(KEY_RUNNING + worker_id)
+        cache[worker_id] = set(json.loads(raw)) if raw else None
+    reported = cache[worker_id]
+    return reported is not None and record.id not in reported
+
+
+def _idle(rt: Runtime, queue: str, cache: dict[str, int] | None = None) -> bool:
+    """True if nothing waits in ``queue``: a job still missing then was lost, not queued."""
+    return _depth(rt, queue, {} if cache is None else cache) == 0
+
+
+def drain_worker_queue(rt: Runtime, worker_id: str) -> int:
+    """Delete the messages waiting in a dead worker's queue (every priority level)."""
+    base = worker_queue(worker_id)
+    names = [base] + [f"{base}:{step}" for step in PRIORITY_STEPS if step]
+    pipe = rt.redis.pipeline(transaction=True)
+    for name in names:
+        pipe.llen(name)
+    for name in names:
+        pipe.delete(name)
+    results = pipe.execute()
+    return sum(int(n) for n in results[: len(names)])
+
+
+def restore_orphaned_tier_messages(rt: Runtime, older_than_s: float) -> int:
+    """Requeue coordinator/distributor messages unacked for longer than ``older_than_s``.
+
+    Uses kombu's own restore (the same code its visibility timeout runs), so the
+    message goes back to its queue and priority exactly as kombu would put it.
+    """
+    ceiling = time.time() - older_than_s
+    tags: list[str] = rt.redis.zrangebyscore(  # type: ignore[assignment]
+        "unacked_index", "-inf", ceiling, start=0, num=1000
+    )
+    if not tags:
+        return 0
+    raw = rt.redis.hmget("unacked", tags)
+    orphans = []
+    for tag, entry in zip(tags, raw, strict=True):
+        if entry is None:
+            continue
+        try:
+            routing_key = json.loads(entry)[2]
+        except (ValueError, IndexError, TypeError):
+            continue
+        if routing_key in (COORDINATOR_QUEUE, DISTRIBUTOR_QUEUE):
+            orphans.append(tag)
+    if orphans:
+        with app.connection_for_write() as connection:
+            qos = connection.default_channel.qos
+            for tag in orphans:
+                qos.restore_by_tag(tag, leftmost=True)
+        log.warning("restored orphaned tier messages", extra={"count": len(orphans)})
+    return len(orphans)
+
+
+def run_health_check(rt: Runtime) -> HealthReport:
+    """One health-check and reconciliation pass (see the module docstring)."""
+    report = HealthReport()
+    leases = LeaseManager(rt.redis)
+    ttl_ms = max(1000, int(rt.settings.health_check_interval_s * 1000 * 0.8))
+    # The lease is not released at the end: it expires just before the next
+    # interval, so a second beat firing later in the same interval does nothing.
+    lease = leases.acquire(HEALTH_LEASE, ttl_ms)
+    if lease is None:
+        rt.redis.hincrby(KEY_HEALTH_STATS, "skipped", 1)
+        return report  # another beat is doing this run
+    rt.redis.hincrby(KEY_HEALTH_STATS, "runs", 1)
+    report.ran = True
+    settings = rt.settings
+    cards = rt.registry.cards()
+    for agent_id in rt.registry.silent_agents(settings.heartbeat_timeout_s):
+        if rt.registry.mark_dead(agent_id):
+            report.newly_dead.append(agent_id)
+            log.warning("agent marked dead", extra={"agent_id": agent_id})
+    dead = {a for a in rt.registry.dead_agents() if a in cards and cards[a].tier == "worker"}
+    # A worker that deregistered (shut down) while still holding jobs left them too.
+    gone = {w for w in _workers_holding_jobs(rt) if w not in cards}
+    for agent_id in sorted(dead | gone):
+        for job_id in sorted(rt.jobs.open_jobs_of(agent_id)):
+            record = rt.jobs.get(job_id)
+            if record is None or record.status.is_final or record.assignee != agent_id:
+                continue
+            if _send_once(rt, record, "reroute"):
+                report.rerouted.append(job_id)
+        report.drained_messages += drain_worker_queue(rt, agent_id)
+    stuck_before = now_ms() - int(settings.stuck_job_after_s * 1000)
+    queue_depths: dict[str, int] = {}
+    running: dict[str, set[str] | None] = {}
+    for job_id in rt.jobs.open_jobs_untouched_since(stuck_before):
+        record = rt.jobs.get(job_id)
+        if record is None:
+            continue
+        lost_order = record.status is JobStatus.ASSIGNED and (
+            _queue_depth(rt, record.assignee, queue_depths) == 0
+        )
+        unsent = record.status is JobStatus.PENDING and _idle(rt, DISTRIBUTOR_QUEUE, queue_depths)
+        lost_result = (
+            record.status is JobStatus.IN_PROGRESS
+            and record.assignee not in dead
+            and _not_running(rt, record, running)
+            and _idle(rt, DISTRIBUTOR_QUEUE, queue_depths)
+        )
+        if (unsent or lost_order or lost_result) and _send_once(rt, record, "stuck"):
+            report.resent_stuck.append(job_id)
+    # Only when the coordinator's queue is empty: a backlog may still hold them.
+    intents = rt.jobs.unrecorded_intents(stuck_before) if _idle(rt, COORDINATOR_QUEUE) else {}
+    for job_id, call in intents.items():
+        app.send_task(TASK_SUBMIT, args=call["args"], kwargs=call["kwargs"], task_id=job_id)
+        report.resent_stuck.append(job_id)
+    report.restored_messages = restore_orphaned_tier_messages(rt, settings.stuck_job_after_s)
+    sync_shared_state(rt)
+    if report.rerouted or report.resent_stuck:
+        pipe = rt.redis.pipeline(transaction=False)
+        pipe.hincrby(KEY_STATS, "rerouted", len(report.rerouted))
+        pipe.hincrby(KEY_STATS, "resent_stuck", len(report.resent_stuck))
+        pipe.execute()
+        log.warning(
+            "re-dispatched jobs",
+            extra={"rerouted": len(report.rerouted), "stuck": len(report.resent_stuck)},
+        )
+    return report
+
+
+__all__ = ["KEY_LEASE", "HealthReport", "drain_worker_queue", "run_health_check"]

@@ -1,0 +1,111 @@
+"""Celery tasks of the coordinator tier, on queue ``coordinator``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from celery.exceptions import Ignore
+from celery.utils import uuid
+
+from project.coordinator.health import run_health_check
+from project.coordinator.intake import EVENT_GRAPH, SUBMIT_GRAPH
+from project.coordinator.view import CoordinatorViewHooks
+from project.core.celery_app import app
+from project.core.constants import (
+    COORDINATOR,
+    COORDINATOR_QUEUE,
+    TASK_HEALTH_CHECK,
+    TASK_JOB_EVENT,
+    TASK_SUBMIT,
+)
+from project.core.errors import A2AError, JobError
+from project.core.graph import run_guarded_hop, run_hop
+from project.core.lifecycle import lifecycle_step, tier_card_builder
+from project.core.models import Priority, Skill
+from project.core.runtime import get_runtime
+
+
+class SubmitTask(app.Task):  # type: ignore[misc]
+    """The app-facing task: remembers each submit call until the coordinator records it."""
+
+    def apply_async(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        task_id: str | None = None,
+        **options: Any,
+    ) -> Any:
+        """Publish a submit, after noting it as an intent the health check can re-send."""
+        task_id = task_id or uuid()
+        get_runtime().jobs.record_intents(
+            {task_id: {"args": list(args or ()), "kwargs": dict(kwargs or {})}}
+        )
+        return super().apply_async(args, kwargs, task_id=task_id, **options)
+
+
+@app.task(name=TASK_SUBMIT, bind=True, base=SubmitTask, throws=(JobError,))
+def submit_task(
+    self: Any,
+    task_type: str,
+    payload: dict[str, Any],
+    priority: str = Priority.NORMAL.value,
+    requirements: dict[str, Any] | None = None,
+    deadline_s: float | None = None,
+) -> None:
+    """Submit a job. The returned AsyncResult's ``.get()`` gives the worker's result.
+
+    Args:
+        task_type: a task type some worker offers (``compute``, ``data_processing``,
+            ``generic``, or one an app registered).
+        payload: the job's input, a JSON object.
+        priority: ``urgent``, ``high``, ``normal`` or ``low``.
+        requirements: ``{"tags": [...], "worker_ids": [...]}`` a worker must meet.
+        deadline_s: how long the job may wait for an eligible worker.
+
+    Raises (from ``.get()``): UnknownTaskTypeError, InvalidJobError,
+    InvalidPayloadError, HandlerError, NoEligibleWorkerError, JobAbandonedError.
+    """
+    spec = {
+        "task_type": task_type,
+        "payload": payload,
+        "priority": priority,
+        "requirements": requirements or {},
+        "deadline_s": deadline_s,
+    }
+    try:
+        run_hop(SUBMIT_GRAPH, spec, job_id=self.request.id)
+    except JobError:
+        get_runtime().jobs.forget_intent(self.request.id)  # answered: the error is the result
+        raise
+    # The result is stored under this task's id by the distributor, later.
+    raise Ignore()
+
+
+@app.task(
+    name=TASK_JOB_EVENT,
+    bind=True,
+    ignore_result=True,
+    store_errors_even_if_ignored=True,
+    throws=(A2AError,),
+)
+def job_event(self: Any, envelope: Any) -> None:
+    """Follow a job's signed final EVENT from the distributor."""
+    run_guarded_hop(EVENT_GRAPH, envelope, task_name=TASK_JOB_EVENT)
+
+
+@app.task(name=TASK_HEALTH_CHECK, ignore_result=True)
+def health_check() -> dict[str, Any]:
+    """Beat-driven: mark silent agents dead, re-route their jobs, re-send stuck jobs."""
+    return asdict(run_health_check(get_runtime()))
+
+
+build_coordinator_card = tier_card_builder(
+    COORDINATOR,
+    COORDINATOR_QUEUE,
+    "Coordinator agent: takes jobs in, runs health checks",
+    Skill(id="intake", name="intake", description="validate and record jobs"),
+)
+
+
+app.steps["worker"].add(lifecycle_step(COORDINATOR, build_coordinator_card, CoordinatorViewHooks()))

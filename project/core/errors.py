@@ -1,0 +1,118 @@
+"""One exception hierarchy for the whole system.
+
+Every error takes a single human-readable message so that it survives Celery's
+JSON result serialization and is raised again, as the same class, by
+``AsyncResult.get()`` in the app. Messages never contain key material.
+"""
+
+from __future__ import annotations
+
+
+class AgentsError(Exception):
+    """Root of every error this system raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigurationError(AgentsError):
+    """Settings are missing or unsafe (for example a short A2A key)."""
+
+
+# --- A2A envelopes -----------------------------------------------------------
+
+
+class A2AError(AgentsError):
+    """An envelope was refused. Refused envelopes never run."""
+
+    reason = "a2a"
+
+
+class MalformedEnvelopeError(A2AError):
+    """Wrong types, missing fields, not JSON, or a payload over the size limit."""
+
+    reason = "malformed"
+
+
+class UnknownKeyError(A2AError):
+    """The envelope names a key id that is not in the keyring."""
+
+    reason = "unknown_key"
+
+
+class SignatureError(A2AError):
+    """The HMAC does not match the envelope's contents."""
+
+    reason = "bad_signature"
+
+
+class ExpiredEnvelopeError(A2AError):
+    """The envelope's expiry is in the past."""
+
+    reason = "expired"
+
+
+class ReplayError(A2AError):
+    """The envelope was already processed to the end once."""
+
+    reason = "replay"
+
+
+class MisdirectedEnvelopeError(A2AError):
+    """The envelope is addressed to another agent or has the wrong type for this task."""
+
+    reason = "misdirected"
+
+
+# --- Jobs --------------------------------------------------------------------
+
+
+class JobError(AgentsError):
+    """A job could not produce a result. Raised by ``AsyncResult.get()``."""
+
+
+class InvalidJobError(JobError):
+    """The job itself is malformed (bad priority, requirements, size)."""
+
+
+class UnknownTaskTypeError(JobError):
+    """No registered worker offers the job's task type."""
+
+
+class InvalidPayloadError(JobError):
+    """The handler refused the job's payload."""
+
+
+class HandlerError(JobError):
+    """The handler raised while running the job."""
+
+
+class NoEligibleWorkerError(JobError):
+    """No live worker could take the job before its deadline."""
+
+
+class JobAbandonedError(JobError):
+    """The job was given up after too many attempts (a poison job)."""
+
+
+# --- Shared state ------------------------------------------------------------
+
+
+class StateError(AgentsError):
+    """Base for shared-state failures."""
+
+
+class ConflictError(StateError):
+    """An optimistic write kept losing to concurrent writers; retries ran out."""
+
+
+class LeaseError(StateError):
+    """A lease is held by someone else, was lost, or its fencing token is stale."""
+
+
+class StoreUnavailableError(StateError):
+    """Redis could not be reached."""

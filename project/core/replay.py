@@ -1,0 +1,67 @@
+"""Replay protection for A2A envelopes, kept in Redis.
+
+The rule, which every tier follows:
+
+* Before acting on an envelope, a task **claims** its id. A claim fails only if
+  the id is marked ``done``; a claim on an id marked ``processing`` succeeds.
+* An envelope is marked ``done`` only once *every* effect of processing it is
+  durably recorded (for a worker's REQUEST that is the moment the distributor
+  records the job's result, in the same Lua script).
+* So a genuine Celery redelivery of a message whose processing did not finish
+  (its worker died mid-way; Celery redelivers the same body) is accepted and
+  runs again, while a replay of a finished message is refused with
+  :class:`~project.core.errors.ReplayError`.
+* Markers live until the envelope expires (plus a margin for clock skew);
+  after that the expiry check refuses the envelope anyway.
+
+Two copies of one unfinished message may both be accepted; the job's epoch and
+compare-and-set transitions make sure only one result is ever recorded.
+"""
+
+from __future__ import annotations
+
+from redis import Redis
+
+from project.core.constants import KEY_SEEN
+from project.core.envelope import Envelope, now_ms
+from project.core.errors import ReplayError
+
+CLOCK_SKEW_MS = 60_000
+
+_CLAIM = """
+local v = redis.call('GET', KEYS[1])
+if v == 'done' then return 0 end
+if not v then redis.call('SET', KEYS[1], 'processing', 'PX', ARGV[1]) end
+return 1
+"""
+
+
+def marker_ttl_ms(envelope: Envelope) -> int:
+    """How long a replay marker must live: until the envelope expires, plus skew."""
+    return max(1_000, envelope.expires_at_ms - now_ms() + CLOCK_SKEW_MS)
+
+
+def seen_key(message_id: str) -> str:
+    """Redis key of one envelope's replay marker."""
+    return f"{KEY_SEEN}{message_id}"
+
+
+class ReplayGuard:
+    """Claims and finishes envelope ids in Redis (see the module docstring)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._claim = redis.register_script(_CLAIM)
+
+    def claim(self, envelope: Envelope) -> None:
+        """Accept an envelope for processing, or refuse a replay of a finished one.
+
+        Raises:
+            ReplayError: the envelope was already processed to the end.
+        """
+        if not self._claim(keys=[seen_key(envelope.id)], args=[marker_ttl_ms(envelope)]):
+            raise ReplayError(f"envelope {envelope.id} was already processed")
+
+    def finish(self, envelope: Envelope) -> None:
+        """Mark an envelope done: from now on a copy of it is a replay."""
+        self._redis.set(seen_key(envelope.id), "done", px=marker_ttl_ms(envelope))

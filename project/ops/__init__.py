@@ -1,0 +1,1 @@
+"""Running the system locally: an embedded redis-server and the tier processes."""

@@ -1,0 +1,234 @@
+"""Task types and the registry through which an app adds its own.
+
+A handler is a plain function from a validated pydantic payload to a JSON
+result. Add one in a module of your own and list that module in
+``AGENTS_HANDLER_MODULES`` so workers import it::
+
+    from pydantic import BaseModel
+    from project.worker import handler
+
+    class Shout(BaseModel):
+        text: str
+
+    @handler("shout", payload=Shout, description="Upper-cases text")
+    def shout(job: Shout) -> dict[str, str]:
+        return {"result": job.text.upper()}
+
+Handlers must be idempotent: delivery is at-least-once, so a job whose worker
+died mid-run runs again elsewhere. Exactly one result is recorded per job, but
+side effects outside the result happen once per run.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, cast
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+HandlerFn = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class Handler:
+    """A registered task type."""
+
+    task_type: str
+    fn: HandlerFn
+    payload_model: type[BaseModel]
+    description: str = ""
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+HANDLERS: dict[str, Handler] = {}
+
+
+def handler(
+    task_type: str,
+    *,
+    payload: type[BaseModel],
+    description: str = "",
+    tags: tuple[str, ...] = (),
+) -> Callable[[HandlerFn], HandlerFn]:
+    """Register ``fn`` as the handler of ``task_type``; its payload is validated by ``payload``."""
+
+    def register(fn: HandlerFn) -> HandlerFn:
+        if task_type in HANDLERS and HANDLERS[task_type].fn is not fn:
+            raise ValueError(f"task type {task_type!r} already has a handler")
+        HANDLERS[task_type] = Handler(
+            task_type, fn, payload, description or (fn.__doc__ or ""), tags
+        )
+        return fn
+
+    return register
+
+
+# --- compute -----------------------------------------------------------------
+
+Number = int | float
+
+
+class ComputePayload(BaseModel):
+    """Arithmetic over a list of numbers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    operation: Literal["sum", "product", "mean", "median", "min", "max", "stdev", "count"]
+    values: list[Number] = Field(max_length=1_000_000)
+
+
+_COMPUTE: dict[str, Callable[[list[Number]], Number]] = {
+    "sum": lambda v: sum(v),
+    "product": lambda v: math.prod(v),
+    "mean": statistics.fmean,
+    "median": statistics.median,
+    "min": min,
+    "max": max,
+    "stdev": statistics.pstdev,
+    "count": len,
+}
+
+
+@handler("compute", payload=ComputePayload, tags=("math",))
+def compute(job: ComputePayload) -> dict[str, JsonValue]:
+    """sum, product, mean, median, min, max, stdev or count of ``values``."""
+    if not job.values and job.operation not in ("sum", "product", "count"):
+        raise ValueError(f"{job.operation} of no values is undefined")
+    return {"operation": job.operation, "result": _COMPUTE[job.operation](job.values)}
+
+
+# --- data_processing ---------------------------------------------------------
+
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "gt": operator.gt,
+    "ge": operator.ge,
+    "lt": operator.lt,
+    "le": operator.le,
+    "in": lambda a, b: a in b,
+}
+_MAP: dict[str, Callable[[Any], Any]] = {
+    "upper": lambda v: str(v).upper(),
+    "lower": lambda v: str(v).lower(),
+    "abs": abs,
+    "neg": operator.neg,
+    "square": lambda v: v * v,
+    "round": round,
+    "str": str,
+    "len": len,
+}
+_AGGREGATE: dict[str, Callable[[list[Any]], Any]] = {
+    "sum": sum,
+    "count": len,
+    "min": min,
+    "max": max,
+    "mean": statistics.fmean,
+}
+
+
+class FilterStep(BaseModel):
+    """Keep records whose ``field`` compares true against ``value``."""
+
+    op: Literal["filter"]
+    field: str
+    cmp: Literal["eq", "ne", "gt", "ge", "lt", "le", "in"] = "eq"
+    value: JsonValue = None
+
+
+class MapStep(BaseModel):
+    """Apply ``func`` to ``field`` and store it in ``into`` (default: the same field)."""
+
+    op: Literal["map"]
+    field: str
+    func: Literal["upper", "lower", "abs", "neg", "square", "round", "str", "len"]
+    into: str | None = None
+
+
+class SortStep(BaseModel):
+    """Sort records by ``field``."""
+
+    op: Literal["sort"]
+    field: str
+    reverse: bool = False
+
+
+class AggregateStep(BaseModel):
+    """Group by ``group_by`` (or all records) and reduce ``field`` with ``func``."""
+
+    op: Literal["aggregate"]
+    func: Literal["sum", "count", "min", "max", "mean"]
+    field: str | None = None
+    group_by: str | None = None
+
+
+# Discriminated by ``op``, so a bad step's error names that step's own fields.
+Step = Annotated[FilterStep | MapStep | SortStep | AggregateStep, Field(discriminator="op")]
+
+
+class DataProcessingPayload(BaseModel):
+    """A pipeline of steps over a list of records."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    records: list[dict[str, JsonValue]] = Field(max_length=100_000)
+    steps: list[Step] = Field(default_factory=list, max_length=32)
+
+
+def _aggregate(records: list[dict[str, Any]], step: AggregateStep) -> Any:
+    def reduce(group: list[dict[str, Any]]) -> Any:
+        if step.func == "count":
+            return len(group)
+        if step.field is None:
+            raise ValueError(f"aggregate {step.func} needs a field")
+        return _AGGREGATE[step.func]([r[step.field] for r in group])
+
+    if step.group_by is None:
+        return reduce(records)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault(str(record.get(step.group_by)), []).append(record)
+    return {key: reduce(group) for key, group in sorted(groups.items())}
+
+
+@handler("data_processing", payload=DataProcessingPayload, tags=("data",))
+def data_processing(job: DataProcessingPayload) -> dict[str, JsonValue]:
+    """filter, map, sort and aggregate over a list of records, in order."""
+    records: list[dict[str, Any]] = [dict(r) for r in job.records]
+    for step in job.steps:
+        if isinstance(step, FilterStep):
+            test = _COMPARE[step.cmp]
+            records = [r for r in records if step.field in r and test(r[step.field], step.value)]
+        elif isinstance(step, MapStep):
+            fn = _MAP[step.func]
+            records = [{**r, (step.into or step.field): fn(r[step.field])} for r in records]
+        elif isinstance(step, SortStep):
+            records = sorted(records, key=lambda r: r[step.field], reverse=step.reverse)
+        else:
+            return {"result": _aggregate(records, step), "count": len(records)}
+    return {"result": cast("list[JsonValue]", records), "count": len(records)}
+
+
+# --- generic -----------------------------------------------------------------
+
+
+class GenericPayload(BaseModel):
+    """Echo ``echo`` back after an optional pause."""
+
+    model_config = ConfigDict(extra="allow")
+
+    echo: JsonValue = None
+    sleep_s: float = Field(default=0.0, ge=0.0, le=3600.0)
+
+
+@handler("generic", payload=GenericPayload)
+def generic(job: GenericPayload) -> dict[str, JsonValue]:
+    """Return the payload's ``echo``, after sleeping ``sleep_s`` seconds."""
+    if job.sleep_s:
+        time.sleep(job.sleep_s)
+    return {"result": job.echo}

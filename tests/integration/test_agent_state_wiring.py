@@ -1,0 +1,191 @@
+"""Snapshots, shared state and the coordinator's view, wired into real agent processes."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+from conftest import redis_url
+from redis import Redis
+
+from project.coordinator.shared_view import sync_shared_state
+from project.core.celery_config import celery_config
+from project.core.constants import TASK_SUBMIT
+from project.core.models import AgentCard, LocalAgentState, SharedAgentState, Skill
+from project.core.redis_store import connect_redis
+from project.core.registry import AgentRegistry
+from project.core.runtime import Runtime
+from project.core.settings import Settings
+from project.core.snapshots import load_snapshot
+from project.ops.embedded_redis import EmbeddedRedis, child_env
+from project.ops.local import LocalDeployment
+from project.ops.topology import default_topology
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+DB = 7
+HOST = socket.gethostname()
+DISTRIBUTOR_ID = f"distributor1@{HOST}"
+COORDINATOR_ID = f"coordinator@{HOST}"
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def card(agent_id: str, tier: str) -> AgentCard:
+    return AgentCard(
+        name=agent_id,
+        description="test agent",
+        version="0",
+        url="celery://x",
+        skills=[Skill(id="compute", name="compute")],
+        id=agent_id,
+        tier=tier,
+        queue="x",
+    )
+
+
+def test_coordinator_records_death_and_live_workers(redis_client: Redis) -> None:
+    rt = Runtime(Settings(redis_url=redis_url(15)))
+    registry = AgentRegistry(redis_client)
+    for agent_id, tier in (
+        ("d1", "distributor"),
+        ("d2", "distributor"),
+        ("w1", "worker"),
+        ("w2", "worker"),
+        ("c", "coordinator"),
+    ):
+        registry.register(card(agent_id, tier))
+    registry.mark_dead("w2")
+    registry.mark_dead("d2")
+
+    assert sync_shared_state(rt) == {"d1": "active", "d2": "dead"}
+    d1, d2 = rt.shared_state.read("d1"), rt.shared_state.read("d2")
+    assert d1 is not None and d2 is not None
+    assert d1.assigned_workers == ["w1"] and d2.assigned_workers == []
+    assert (d1.coordinator_version, d1.distributor_version) == (1, 0)
+    # Nothing changed: nothing is written.
+    sync_shared_state(rt)
+    assert rt.shared_state.read("d1") == d1
+    # Re-admitted: the coordinator takes back its verdict, and nothing else.
+    registry.heartbeat("d2")
+    assert sync_shared_state(rt) == {"d1": "active", "d2": "active"}
+    d2_after = rt.shared_state.read("d2")
+    assert d2_after is not None and d2_after.assigned_workers == ["w1"]
+    rt.shared_state.update("d1", lambda s: setattr(s, "status", "stopped"), writer="distributor")
+    assert sync_shared_state(rt)["d1"] == "stopped"
+
+
+@pytest.fixture(scope="module")
+def agents(
+    redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalDeployment]:
+    """Coordinator, one distributor and worker w9, one pool process each, on ``DB``."""
+    connect_redis(redis_url(DB)).flushdb()
+    deployment = LocalDeployment(
+        default_topology(workers=("w9",), distributors=1, concurrency=1, beat=False),
+        env=child_env(AGENTS_REDIS_URL=redis_url(DB)),
+        log_dir=tmp_path_factory.mktemp("agent-state"),
+    )
+    deployment.start()
+    try:
+        deployment.wait_ready(timeout_s=90)
+        yield deployment
+    finally:
+        deployment.stop()
+
+
+@pytest.fixture(scope="module")
+def client(agents: LocalDeployment) -> Iterator[Celery]:
+    app = Celery("agent-state-client", set_as_current=False)
+    app.conf.update(celery_config(Settings(redis_url=redis_url(DB))))
+    yield app
+    app.close()
+
+
+def run_jobs(client: Celery, count: int) -> list[str]:
+    results = [
+        client.send_task(TASK_SUBMIT, args=["compute", {"operation": "sum", "values": [n]}])
+        for n in range(count)
+    ]
+    for n, result in enumerate(results):
+        assert result.get(timeout=60)["result"] == n
+    return [result.id for result in results]
+
+
+def history_jobs(state: LocalAgentState | None) -> set[str]:
+    return {str(e.get("job_id")) for e in state.history} if state else set()
+
+
+def test_agents_save_snapshots_and_restore_them_after_a_restart(
+    agents: LocalDeployment, client: Celery
+) -> None:
+    redis = connect_redis(redis_url(DB))
+    first = set(run_jobs(client, 3))
+    # Tasks run in the worker's pool process 0, which saves a snapshot of its own.
+    wait_for(lambda: first <= history_jobs(load_snapshot(redis, "w9:0")), 20, "w9's snapshot")
+
+    agents.stop(["w9"])
+    agents.start(["w9"])
+    agents.wait_ready(timeout_s=90)
+    second = set(run_jobs(client, 1))
+
+    def restored_and_continued() -> bool:
+        seen = history_jobs(load_snapshot(redis, "w9:0"))
+        return first | second <= seen
+
+    wait_for(restored_and_continued, 20, "the restarted worker's snapshot to hold old and new jobs")
+
+
+def test_distributor_writes_its_shared_state(agents: LocalDeployment, client: Celery) -> None:
+    rt = Runtime(Settings(redis_url=redis_url(DB)))
+    run_jobs(client, 2)
+
+    def summarised() -> bool:
+        state = rt.shared_state.read(DISTRIBUTOR_ID)
+        return state is not None and sum(state.task_summary.values()) >= 4
+
+    wait_for(summarised, 20, "the distributor's activity summary")
+    state = rt.shared_state.read(DISTRIBUTOR_ID)
+    assert state is not None and state.status == "active" and state.distributor_version >= 1
+
+    # The coordinator marks it dead; its next heartbeat re-admits it and writes active again.
+    rt.registry.mark_dead(DISTRIBUTOR_ID)
+    assert sync_shared_state(rt)[DISTRIBUTOR_ID] == "dead"
+
+    def active_again() -> bool:
+        again: SharedAgentState | None = rt.shared_state.read(DISTRIBUTOR_ID)
+        return again is not None and again.status == "active"
+
+    wait_for(active_again, 20, "the distributor to record itself active again")
+    assert sync_shared_state(rt)[DISTRIBUTOR_ID] == "active"
+    after = rt.shared_state.read(DISTRIBUTOR_ID)
+    assert after is not None and after.coordinator_version >= 2
+    assert after.assigned_workers == ["w9"]
+
+
+def test_coordinator_keeps_its_view_current(agents: LocalDeployment, client: Celery) -> None:
+    redis = connect_redis(redis_url(DB))
+    finished_before = int(redis.hget("jobs:count", "COMPLETED") or 0)
+    run_jobs(client, 2)
+
+    def view_counts() -> dict[str, Any]:
+        state = load_snapshot(redis, COORDINATOR_ID)
+        view = state.metadata.get("view") if state else None
+        return view if isinstance(view, dict) else {}
+
+    wait_for(
+        lambda: view_counts().get("jobs", {}).get("COMPLETED") == finished_before + 2,
+        20,
+        "the coordinator's view (in its snapshot) to count the finished jobs",
+    )
+    assert view_counts()["agents"] == {"alive": 3}

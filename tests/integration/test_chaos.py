@@ -1,0 +1,54 @@
+"""The chaos suite, small: every fault once, every hand-made bad input, 200 generated ones.
+
+``make chaos`` runs the full suite (1,000+ jobs, 1,000 generated envelopes). This
+one runs the same code on its own redis-server in a temporary folder (it kills
+that Redis, so it cannot share the session's), with its own settings and keys.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from project.ops.chaos import run_chaos
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(280)]
+
+
+def test_faults_and_bad_inputs_lose_nothing_and_run_nothing(tmp_path: Path) -> None:
+    report = run_chaos(
+        200,
+        hypothesis_inputs=200,
+        worker_kills=1,
+        worker_stops=1,
+        distributor_kills=1,
+        redis_restarts=1,
+        bursts=1,
+        burst_size=40,
+        rate_per_s=5.0,
+        seed=11,
+        workdir=tmp_path / "chaos",
+    )
+    print(json.dumps(report, indent=1, default=str))
+    assert report["submitted"] >= 200
+    assert report["lost"] == 0, report["lost_ids"]
+    assert report["duplicate_results"] == 0, report["duplicate_ids"]
+    assert report["completed"] == report["submitted"], report["failed"]
+    assert report["bad_inputs_ran"] == 0, report["changed_targets"]
+    assert report["bad_inputs_tried"] >= 200 + 100
+    assert report["bad_inputs_refused"] == report["bad_inputs_tried"]
+    assert report["handler_executions"] == report["handler_executions_explained"]
+    assert report["faults"] == {
+        "worker_kill": 1,
+        "distributor_kill": 1,
+        "worker_stop": 1,
+        "redis_restart": 1,
+        "burst": 1,
+    }
+    assert report["max_recovery_s"] is not None and None not in report["recoveries_s"]
+    assert report["late_results_ignored"] >= report["late_results_expected"]
+    assert not report["unexpected_exits"]
+    assert not report["bad_inputs_unexpected_reasons"]
+    assert report["ok"], report["problems"]

@@ -1,0 +1,130 @@
+"""deploy/redis/users.acl: every tier runs with its own Redis user and no command is denied."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from project.ops.embedded_redis import child_env, free_port, redis_server_binary
+from project.ops.local import LocalDeployment
+from project.ops.topology import default_topology
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+ACL_TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "redis" / "users.acl"
+USERS = ("admin", "coordinator", "distributor", "worker", "beat", "flower")
+
+
+@pytest.fixture
+def acl_redis(tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """A private redis-server that loads the ACL file, with fresh passwords."""
+    passwords = {user: secrets.token_hex(16) for user in USERS}
+    acl = ACL_TEMPLATE.read_text()
+    for user, password in passwords.items():
+        acl = acl.replace(f"{{{user}-password}}", password)
+    assert "{" not in acl
+    (tmp_path / "users.acl").write_text(acl)
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(tmp_path),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--aclfile",
+            str(tmp_path / "users.acl"),
+            "--logfile",
+            str(tmp_path / "redis.log"),
+        ],
+        start_new_session=True,
+    )
+    admin = Redis(port=port, username="admin", password=passwords["admin"])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                admin.ping()
+                break
+            except Exception:
+                assert server.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+        yield port, passwords
+    finally:
+        admin.close()
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_every_tier_works_with_its_own_acl_user(
+    acl_redis: tuple[int, dict[str, str]], tmp_path: Path
+) -> None:
+    port, passwords = acl_redis
+
+    def url(user: str) -> str:
+        return f"redis://{user}:{passwords[user]}@127.0.0.1:{port}/0"
+
+    services = [
+        dataclasses.replace(
+            s, env={**s.env, "AGENTS_REDIS_URL": url(s.tier), "FLOWER_PORT": str(free_port())}
+        )
+        for s in default_topology(workers=("w1", "w2"), distributors=1, beat=True, flower=True)
+    ]
+    env = child_env(
+        AGENTS_REDIS_URL=url("admin"),  # only for wait_ready in this process
+        AGENTS_FLOWER_BASIC_AUTH="ops:" + "p" * 20,
+        AGENTS_STUCK_JOB_AFTER_S="3",
+    )
+    admin = Redis.from_url(url("admin"), decode_responses=True)
+    deployment = LocalDeployment(services, env=env, log_dir=tmp_path / "logs", workdir=tmp_path)
+    deployment.start()
+    try:
+        deployment.wait_ready(timeout_s=120)
+        # The app side, as the admin user, from a subprocess (this process's Celery
+        # app is bound to the session's Redis).
+        script = (
+            "from project import submit_many\n"
+            "jobs = [{'task_type': 'compute', 'payload': {'operation': 'sum', 'values': [i, 1]}}"
+            " for i in range(N)]\n"
+            "results = submit_many(jobs)\n"
+            "assert [r.get(timeout=60)['result'] for r in results] == [i + 1 for i in range(N)]\n"
+            "print('ok')\n"
+        )
+        app_env = {**env, "AGENTS_REDIS_URL": url("admin")}
+
+        def run_jobs(n: int) -> None:
+            done = subprocess.run(
+                [sys.executable, "-c", script.replace("N", str(n))],
+                env=app_env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.stdout.strip() == "ok", done.stderr[-3000:]
+
+        run_jobs(12)
+        deployment.kill("w2")  # the health check marks it dead and drains its queue
+        deadline = time.monotonic() + 30
+        while "w2" not in admin.smembers("agents:dead"):
+            assert time.monotonic() < deadline, "w2 was not marked dead"
+            time.sleep(0.5)
+        run_jobs(6)
+        denied = admin.acl_log(count=100)
+    finally:
+        deployment.stop()
+        admin.close()
+    assert denied == [], denied

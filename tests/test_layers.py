@@ -1,0 +1,121 @@
+"""The layering rule, checked on the source: tiers import core only; core imports no tier.
+
+Every ``import`` and ``from ... import`` anywhere in a module counts (also inside
+functions and ``if TYPE_CHECKING:`` blocks); relative imports are resolved.
+``project/__init__.py``, ``project/cli.py``, ``project/client.py`` and
+``project/ops/`` compose the tiers and are exempt, but nothing in a tier or in
+core may import them.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent / "project"
+TIERS = ("coordinator", "distributor", "worker")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_in(source: str, module: str, *, is_package: bool = False) -> set[str]:
+    """Every module the source of ``module`` imports, as absolute dotted names."""
+    package = module if is_package else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                prefix = ".".join([*base, node.module] if node.module else base)
+            else:
+                prefix = node.module or ""
+            found.add(prefix)
+            # ``from project import worker`` may import the module project.worker.
+            found.update(f"{prefix}.{alias.name}" for alias in node.names if alias.name != "*")
+    return found
+
+
+def project_imports(path: Path) -> set[str]:
+    found = imports_in(
+        path.read_text(encoding="utf-8"), module_name(path), is_package=path.name == "__init__.py"
+    )
+    return {m for m in found if part_of(m, "project")}
+
+
+def modules_of(subpackage: str) -> list[Path]:
+    return sorted((PACKAGE_DIR / subpackage).rglob("*.py"))
+
+
+def part_of(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def allowed_for_tier(module: str, tier: str) -> bool:
+    # ``from project.core import x`` yields "project.core" and "project.core.x": both fine.
+    return part_of(module, "project.core") or part_of(module, f"project.{tier}")
+
+
+def test_the_package_has_every_layer() -> None:
+    for layer in ("core", *TIERS):
+        assert modules_of(layer), f"project/{layer} has no modules"
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_tiers_import_only_core_and_themselves(tier: str) -> None:
+    offences = {
+        f"{path.relative_to(PACKAGE_DIR.parent)} imports {module}"
+        for path in modules_of(tier)
+        for module in project_imports(path)
+        if not allowed_for_tier(module, tier)
+    }
+    assert not offences, sorted(offences)
+
+
+def test_core_imports_no_tier_and_no_composition_code() -> None:
+    offences = {
+        f"{path.relative_to(PACKAGE_DIR.parent)} imports {module}"
+        for path in modules_of("core")
+        for module in project_imports(path)
+        if not part_of(module, "project.core")
+    }
+    assert not offences, sorted(offences)
+
+
+def test_the_checker_sees_imports_it_must_refuse() -> None:
+    """The checker itself: relative, nested and ``from project import ...`` imports."""
+    source = (
+        "from ..distributor import routing\n"
+        "from . import handlers\n"
+        "from .execution import run\n"
+        "def f():\n"
+        "    import project.coordinator.tasks\n"
+        "    from project import ops\n"
+    )
+    found = imports_in(source, "project.worker.probe")
+    assert {
+        "project.distributor.routing",
+        "project.worker.handlers",
+        "project.worker.execution",
+        "project.coordinator.tasks",
+        "project.ops",
+    } <= found
+    refused = sorted(m for m in found if not allowed_for_tier(m, "worker"))
+    assert refused == [
+        "project",
+        "project.coordinator.tasks",
+        "project.distributor",
+        "project.distributor.routing",
+        "project.ops",
+    ]
+    assert imports_in("from . import envelope", "project.core", is_package=True) == {
+        "project.core",
+        "project.core.envelope",
+    }
