@@ -5,30 +5,41 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from celery import Celery
 from celery.result import AsyncResult
 from celery.utils import uuid
 
 from project.core.celery_app import app
 from project.core.constants import TASK_SUBMIT
+from project.core.jobs import JobStore
 from project.core.runtime import get_runtime
 
 
-def submit_many(jobs: Iterable[Mapping[str, Any]]) -> list[AsyncResult]:
+def submit_many(
+    jobs: Iterable[Mapping[str, Any]],
+    *,
+    celery_app: Celery | None = None,
+    store: JobStore | None = None,
+) -> list[AsyncResult]:
     """Submit many jobs over one broker connection.
 
     Each job is a mapping with ``task_type`` and ``payload`` and optionally
     ``priority``, ``requirements`` and ``deadline_s`` (the arguments of
     ``submit_task``). Returns one AsyncResult per job, in order.
+
+    ``celery_app`` and ``store`` default to this process's app and job store;
+    a client bound to another broker passes its own.
     """
+    celery_app = celery_app or app
     calls: dict[str, dict[str, Any]] = {}
     for job in jobs:
         options = {k: v for k, v in job.items() if k not in ("task_type", "payload")}
         calls[uuid()] = {"args": [job["task_type"], dict(job["payload"])], "kwargs": options}
     # Intents first: a submit lost with a crashing Redis is re-sent by the health check.
-    get_runtime().jobs.record_intents(calls)
-    with app.producer_or_acquire() as producer:
+    (store or get_runtime().jobs).record_intents(calls)
+    with celery_app.producer_or_acquire() as producer:
         return [
-            app.send_task(
+            celery_app.send_task(
                 TASK_SUBMIT,
                 args=call["args"],
                 kwargs=call["kwargs"],

@@ -20,6 +20,7 @@ from celery.result import AsyncResult
 from conftest import redis_url, start_deployment
 from redis import Redis
 
+from project.client import submit_many
 from project.core.celery_config import celery_config
 from project.core.constants import TASK_SUBMIT
 from project.core.errors import JobAbandonedError
@@ -50,7 +51,9 @@ class Cluster:
         self.client.conf.update(celery_config(Settings(redis_url=redis_url(DB))))
 
     def submit(self, task_type: str, payload: dict[str, Any], **options: Any) -> AsyncResult:
-        return self.client.send_task(TASK_SUBMIT, args=[task_type, payload], kwargs=options)
+        """Submit as an app does: the intent first, so a submit lost with Redis is re-sent."""
+        job = {"task_type": task_type, "payload": payload, **options}
+        return submit_many([job], celery_app=self.client, store=self.jobs)[0]
 
     def restart(self, name: str) -> None:
         self.deployment.start([name])
