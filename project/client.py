@@ -10,9 +10,9 @@ from celery.result import AsyncResult
 from celery.utils import uuid
 
 from project.core.celery_app import app
-from project.core.constants import TASK_SUBMIT
 from project.core.jobs import JobStore
 from project.core.runtime import get_runtime
+from project.core.submits import submit_calls
 
 
 def submit_many(
@@ -30,21 +30,8 @@ def submit_many(
     ``celery_app`` and ``store`` default to this process's app and job store;
     a client bound to another broker passes its own.
     """
-    celery_app = celery_app or app
     calls: dict[str, dict[str, Any]] = {}
     for job in jobs:
         options = {k: v for k, v in job.items() if k not in ("task_type", "payload")}
         calls[uuid()] = {"args": [job["task_type"], dict(job["payload"])], "kwargs": options}
-    # Intents first: a submit lost with a crashing Redis is re-sent by the health check.
-    (store or get_runtime().jobs).record_intents(calls)
-    with celery_app.producer_or_acquire() as producer:
-        return [
-            celery_app.send_task(
-                TASK_SUBMIT,
-                args=call["args"],
-                kwargs=call["kwargs"],
-                task_id=job_id,
-                producer=producer,
-            )
-            for job_id, call in calls.items()
-        ]
+    return submit_calls(celery_app or app, store or get_runtime().jobs, calls)

@@ -13,6 +13,7 @@ from typer.testing import CliRunner, Result
 
 from project import cli
 from project.cli import app
+from project.core.runtime import get_runtime
 from project.ops.embedded_redis import free_port
 from project.ops.local import LocalDeployment
 
@@ -74,6 +75,9 @@ def test_submit_with_priority_and_tags_reaches_a_worker(deployment: LocalDeploym
 def test_job_shows_record_and_causal_chain(deployment: LocalDeployment) -> None:
     submitted, job_id = submit_and_wait("compute", '{"operation": "max", "values": [3, 9]}')
     assert submitted.exit_code == 0, submitted.output
+    deadline = time.monotonic() + 30  # the coordinator's EVENT lands just after the result
+    while time.monotonic() < deadline and len(get_runtime().jobs.chain(job_id)) < 4:
+        time.sleep(0.05)
     result = invoke("job", job_id)
     assert result.exit_code == 0, result.output
     for text in ("COMPLETED", "compute", "causal chain", "REQUEST", "RESPONSE", "EVENT"):

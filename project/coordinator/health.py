@@ -40,7 +40,6 @@ from project.core.constants import (
     KEY_LEASE,
     KEY_RUNNING,
     KEY_WORKER_JOBS,
-    TASK_SUBMIT,
     worker_queue,
 )
 from project.core.envelope import now_ms
@@ -48,6 +47,7 @@ from project.core.leases import LeaseManager
 from project.core.messages import DispatchRequest
 from project.core.models import PRIORITY_STEPS, JobRecord, JobStatus
 from project.core.runtime import Runtime
+from project.core.submits import publish_submit
 
 log = logging.getLogger("project.coordinator.health")
 
@@ -224,7 +224,7 @@ def run_health_check(rt: Runtime) -> HealthReport:
     # Only when the coordinator's queue is empty: a backlog may still hold them.
     intents = rt.jobs.unrecorded_intents(stuck_before) if _idle(rt, COORDINATOR_QUEUE) else {}
     for job_id, call in intents.items():
-        app.send_task(TASK_SUBMIT, args=call["args"], kwargs=call["kwargs"], task_id=job_id)
+        publish_submit(app, job_id, call)
         report.resent_stuck.append(job_id)
     report.restored_messages = restore_orphaned_tier_messages(rt, settings.stuck_job_after_s)
     sync_shared_state(rt)

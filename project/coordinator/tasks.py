@@ -36,15 +36,29 @@ class SubmitTask(app.Task):  # type: ignore[misc]
         task_id: str | None = None,
         **options: Any,
     ) -> Any:
-        """Publish a submit, after noting it as an intent the health check can re-send."""
+        """Publish a submit, after noting it as an intent the health check can re-send.
+
+        Sent with ``ignore_result`` (see :mod:`project.core.submits`): the job's
+        result is stored under the same id by the distributor, and the returned
+        AsyncResult waits for it.
+        """
         task_id = task_id or uuid()
         get_runtime().jobs.record_intents(
             {task_id: {"args": list(args or ()), "kwargs": dict(kwargs or {})}}
         )
-        return super().apply_async(args, kwargs, task_id=task_id, **options)
+        options["ignore_result"] = True
+        result = super().apply_async(args, kwargs, task_id=task_id, **options)
+        result.ignored = False
+        return result
 
 
-@app.task(name=TASK_SUBMIT, bind=True, base=SubmitTask, throws=(JobError,))
+@app.task(
+    name=TASK_SUBMIT,
+    bind=True,
+    base=SubmitTask,
+    store_errors_even_if_ignored=True,
+    throws=(JobError,),
+)
 def submit_task(
     self: Any,
     task_type: str,
@@ -78,8 +92,11 @@ def submit_task(
     except JobError:
         get_runtime().jobs.forget_intent(self.request.id)  # answered: the error is the result
         raise
-    # The result is stored under this task's id by the distributor, later.
-    raise Ignore()
+    # The result is stored under this task's id by the distributor, later. Our
+    # clients send with ignore_result; a raw send_task without it must not have
+    # this task's None stored as the job's result.
+    if not self.request.ignore_result:
+        raise Ignore()
 
 
 @app.task(

@@ -3,7 +3,8 @@
 The rule, which every tier follows:
 
 * Before acting on an envelope, a task **claims** its id. A claim fails only if
-  the id is marked ``done``; a claim on an id marked ``processing`` succeeds.
+  the id is marked ``done``; an id with no marker (never seen, or seen but not
+  finished) is accepted. A claim is one ``GET``: it writes nothing.
 * An envelope is marked ``done`` only once *every* effect of processing it is
   durably recorded (for a worker's REQUEST that is the moment the distributor
   records the job's result, in the same Lua script).
@@ -27,13 +28,7 @@ from project.core.envelope import Envelope, now_ms
 from project.core.errors import ReplayError
 
 CLOCK_SKEW_MS = 60_000
-
-_CLAIM = """
-local v = redis.call('GET', KEYS[1])
-if v == 'done' then return 0 end
-if not v then redis.call('SET', KEYS[1], 'processing', 'PX', ARGV[1]) end
-return 1
-"""
+DONE = "done"
 
 
 def marker_ttl_ms(envelope: Envelope) -> int:
@@ -51,7 +46,6 @@ class ReplayGuard:
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._claim = redis.register_script(_CLAIM)
 
     def claim(self, envelope: Envelope) -> None:
         """Accept an envelope for processing, or refuse a replay of a finished one.
@@ -59,9 +53,9 @@ class ReplayGuard:
         Raises:
             ReplayError: the envelope was already processed to the end.
         """
-        if not self._claim(keys=[seen_key(envelope.id)], args=[marker_ttl_ms(envelope)]):
+        if self._redis.get(seen_key(envelope.id)) == DONE:
             raise ReplayError(f"envelope {envelope.id} was already processed")
 
     def finish(self, envelope: Envelope) -> None:
         """Mark an envelope done: from now on a copy of it is a replay."""
-        self._redis.set(seen_key(envelope.id), "done", px=marker_ttl_ms(envelope))
+        self._redis.set(seen_key(envelope.id), DONE, px=marker_ttl_ms(envelope))

@@ -58,6 +58,7 @@ from typing import Any
 
 import psutil
 from celery import Celery
+from celery.utils import uuid
 from redis import Redis
 from rich.console import Console
 from rich.table import Table
@@ -65,7 +66,10 @@ from rich.table import Table
 from project.core.celery_config import celery_config
 from project.core.constants import COORDINATOR_QUEUE, TASK_SUBMIT
 from project.core.errors import ConfigurationError
+from project.core.jobs import JobStore
+from project.core.redis_store import connect_redis
 from project.core.settings import Settings
+from project.core.submits import publish_submit
 from project.ops.bench_profile import summarize as summarize_profile
 from project.ops.embedded_redis import EmbeddedRedis, child_env
 from project.ops.local import LocalDeployment
@@ -344,15 +348,24 @@ class Driver:
         self.client = client
         self.system = system
         self._next = 0
+        # Ours is submitted as an app's submit_task.delay() does it: intent first.
+        self._store = (
+            JobStore(connect_redis(str(client.conf.broker_url)), result_ttl_s=3600)
+            if system.agents
+            else None
+        )
 
     def _send(self, producer: Any) -> tuple[int, Any]:
         self._next += 1
         i = self._next
+        args = self.system.make_args(i)
+        if self._store is not None:
+            call = {"args": args, "kwargs": {}}
+            job_id = uuid()
+            self._store.record_intents({job_id: call})
+            return i, publish_submit(self.client, job_id, call, producer=producer)
         result = self.client.send_task(
-            self.system.task_name,
-            args=self.system.make_args(i),
-            queue=self.system.queue,
-            producer=producer,
+            self.system.task_name, args=args, queue=self.system.queue, producer=producer
         )
         return i, result
 

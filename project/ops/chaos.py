@@ -52,11 +52,12 @@ from rich.table import Table
 
 from project.core import kombu_patches
 from project.core.celery_config import celery_config
-from project.core.constants import KEY_JOB, KEY_JOB_CHAIN, TASK_SUBMIT
+from project.core.constants import KEY_JOB, KEY_JOB_CHAIN
 from project.core.jobs import KEY_STATS
 from project.core.models import FINAL_STATUSES, JobStatus
 from project.core.runtime import KEY_REFUSED, Runtime
 from project.core.settings import Settings
+from project.core.submits import publish_submit
 from project.ops.chaos_inputs import RESULT_KEY_PREFIX, Forger, Verdict, destinations
 from project.ops.embedded_redis import EmbeddedRedis, child_env
 from project.ops.local import LocalDeployment
@@ -265,9 +266,7 @@ class Cluster:
         for job in jobs:
             call = calls[job.id]
             _retrying(
-                lambda job=job, call=call: self.client.send_task(  # type: ignore[misc]
-                    TASK_SUBMIT, args=call["args"], kwargs=call["kwargs"], task_id=job.id
-                ),
+                lambda job=job, call=call: publish_submit(self.client, job.id, call),  # type: ignore[misc]
                 f"submitting {job.id}",
             )
 
