@@ -5,7 +5,12 @@ AsyncResult it waits on) sends ``assign`` to ``bq.distributor``, which sends
 ``execute`` to one worker queue ``bq.worker.<n>`` (round robin) with ``complete``
 (on ``bq.distributor``) as its link callback; ``complete`` stores the result under
 the id the client holds. No signatures, no job records, no graphs: the least a
-user could do with Celery itself for the same flow.
+user could do with Celery itself for the same flow. The client sends ``submit``
+with ``ignore_result`` (its result is stored by ``complete``), as ours does.
+
+With ``BENCH_BASELINE_EVENT=1`` (``bench --baseline-event``), ``complete`` also
+sends a no-op ``event`` to ``bq.coordinator``: the same five Celery tasks per job
+as ours, whose final signed EVENT to the coordinator is a fifth task.
 
 This module deliberately imports nothing from ``project`` (importing any part of
 it loads every tier), so a baseline worker process carries Celery only. It gets
@@ -37,6 +42,8 @@ TASK_EXECUTE = "bench.baseline.execute"
 TASK_COMPLETE = "bench.baseline.complete"
 CONFIG_ENV = "BENCH_BASELINE_CONFIG"
 WORKER_QUEUES_ENV = "BENCH_WORKER_QUEUES"
+EVENT_ENV = "BENCH_BASELINE_EVENT"
+TASK_EVENT = "bench.baseline.event"
 
 
 def _config() -> dict[str, Any]:
@@ -48,6 +55,7 @@ def _config() -> dict[str, Any]:
             TASK_SUBMIT: {"queue": QUEUE_COORDINATOR},
             TASK_ASSIGN: {"queue": QUEUE_DISTRIBUTOR},
             TASK_COMPLETE: {"queue": QUEUE_DISTRIBUTOR},
+            TASK_EVENT: {"queue": QUEUE_COORDINATOR},
         },
         beat_schedule={},
     )
@@ -81,7 +89,8 @@ _workers = _WorkerQueues()
 def submit(self: Any, payload: dict[str, Any]) -> None:
     """Coordinator hop: send the job on; its result is stored later under this task's id."""
     app.send_task(TASK_ASSIGN, args=[self.request.id, payload], queue=QUEUE_DISTRIBUTOR)
-    raise Ignore()
+    if not self.request.ignore_result:
+        raise Ignore()  # sent without ignore_result: keep None out of the job's result
 
 
 @app.task(name=TASK_ASSIGN, ignore_result=True)
@@ -101,3 +110,10 @@ def execute(job_id: str, payload: dict[str, Any]) -> dict[str, Any]:
 def complete(report: dict[str, Any]) -> None:
     """Callback hop: store the job's result where the client's AsyncResult finds it."""
     app.backend.store_result(report["job_id"], {"result": report["result"]}, states.SUCCESS)
+    if os.environ.get(EVENT_ENV) == "1":
+        app.send_task(TASK_EVENT, args=[report["job_id"]], queue=QUEUE_COORDINATOR)
+
+
+@app.task(name=TASK_EVENT, ignore_result=True)
+def event(job_id: str) -> None:
+    """Coordinator hop (``BENCH_BASELINE_EVENT=1``): the job's final event, a no-op."""

@@ -170,8 +170,12 @@ def _scripts_python_path() -> str:
     return os.pathsep.join(p for p in (str(SCRIPTS_DIR), os.environ.get("PYTHONPATH")) if p)
 
 
-def baseline_system(redis_url: str, settings: Settings, shape: Shape) -> System:
+def baseline_system(
+    redis_url: str, settings: Settings, shape: Shape, *, event_hop: bool = False
+) -> System:
     """The bare Celery canvas of ``scripts/baseline_app.py``, shaped like ours.
+
+    ``event_hop`` adds its fifth, no-op task (``BENCH_BASELINE_EVENT``).
 
     Raises:
         ConfigurationError: the source tree's ``scripts`` folder is not there.
@@ -214,6 +218,7 @@ def baseline_system(redis_url: str, settings: Settings, shape: Shape) -> System:
         PYTHONPATH=_scripts_python_path(),
         BENCH_BASELINE_CONFIG=baseline_config_json(settings),
         BENCH_WORKER_QUEUES=",".join(worker_queues),
+        BENCH_BASELINE_EVENT="1" if event_hop else "0",
     )
     return System(
         "baseline",
@@ -364,9 +369,15 @@ class Driver:
             job_id = uuid()
             self._store.record_intents({job_id: call})
             return i, publish_submit(self.client, job_id, call, producer=producer)
+        # Like ours, the baseline's submit stores no result of its own.
         result = self.client.send_task(
-            self.system.task_name, args=args, queue=self.system.queue, producer=producer
+            self.system.task_name,
+            args=args,
+            queue=self.system.queue,
+            producer=producer,
+            ignore_result=True,
         )
+        result.ignored = False
         return i, result
 
     def burst(self, count: int, timeout_s: float) -> tuple[float, int]:
@@ -789,6 +800,7 @@ def run_bench(
     leak_first_jobs: int = 1_000,
     profile_dir: Path | None = None,
     experiments: Sequence[str] = (),
+    baseline_event: bool = False,
     workdir: Path | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
@@ -809,6 +821,7 @@ def run_bench(
         leak_first_jobs: the leak check's early point.
         profile_dir: if set, sample ours with py-spy during an extra saturation run.
         experiments: what-if patches (``scripts/bench_experiments.py``) loaded into ours.
+        baseline_event: give the baseline a fifth, no-op hop to the coordinator, as ours has.
         workdir: where Redis and the logs live (default: a new temporary folder).
         console: where progress and tables go.
     """
@@ -822,6 +835,7 @@ def run_bench(
         "saturation_jobs": saturation_jobs,
         "latency_jobs": latency_jobs,
         "experiments": list(experiments),
+        "baseline_hops": 5 if baseline_event else 4,
     }
     started = time.monotonic()
     console.log(f"bench: embedded Redis and logs in {root}")
@@ -832,7 +846,7 @@ def run_bench(
         redis_process = psutil.Process(server.process.pid) if server.process else None
         try:
             systems = [
-                baseline_system(server.url, settings, shape),
+                baseline_system(server.url, settings, shape, event_hop=baseline_event),
                 ours_system(server.url, shape, experiments),
             ]
             measured: dict[str, Figures] = {}
@@ -911,7 +925,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     shape = report["shape"]
     table = Table(
         title=(
-            f"ours vs bare Celery: {shape['workers']} worker / {shape['distributors']} "
+            f"ours vs bare Celery ({report.get('baseline_hops', 4)} tasks per job): "
+            f"{shape['workers']} worker / {shape['distributors']} "
             f"distributor / 1 coordinator processes, concurrency {shape['concurrency']}"
         )
     )
@@ -1033,6 +1048,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--experiment", default="", metavar="NAMES",
         help="what-if patches for ours, comma separated (see scripts/bench_experiments.py)",
     )  # fmt: skip
+    parser.add_argument(
+        "--baseline-event", action="store_true",
+        help="baseline with a fifth no-op task to the coordinator, as ours has",
+    )  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=None, help="Redis and logs (temp dir)")
     return parser.parse_args(argv)
 
@@ -1053,6 +1072,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         leak_jobs=args.leak_jobs,
         profile_dir=args.profile,
         experiments=[n.strip() for n in args.experiment.split(",") if n.strip()],
+        baseline_event=args.baseline_event,
         workdir=args.workdir,
         console=console,
     )

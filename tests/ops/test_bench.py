@@ -50,6 +50,7 @@ def test_baseline_runs_with_our_celery_settings(monkeypatch: pytest.MonkeyPatch)
         "bench.baseline.assign",
         "bench.baseline.execute",
         "bench.baseline.complete",
+        "bench.baseline.event",
     }
 
 
@@ -103,3 +104,5 @@ def test_cli_defaults() -> None:
     args = parse_args([])
     assert (args.jobs, args.latency_jobs, args.full) == (2_000, 200, False)
     assert parse_args(["--full", "--experiment", "direct"]).experiment == "direct"
+    assert args.baseline_event is False
+    assert parse_args(["--baseline-event"]).baseline_event is True
