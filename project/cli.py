@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -49,10 +50,15 @@ def _err() -> Console:
 
 
 def _redact(url: str) -> str:
-    """A Redis URL without its password."""
+    """A Redis URL (or each address of a Sentinel URL) without its password."""
+    if ";" in url:
+        return ";".join(_redact(chunk) for chunk in url.split(";"))
     parts = urlsplit(url)
+    if "sentinel_password=" in parts.query:
+        query = re.sub(r"(sentinel_password=)[^&]*", r"\1***", parts.query)
+        parts = parts._replace(query=query)
     if parts.password is None:
-        return url
+        return urlunsplit(parts)
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
@@ -125,11 +131,9 @@ def _settings() -> Any:
 
 def _redis(settings: Any) -> Any:
     """A client that fails fast: an operator waits seconds, not the agents' 30 s of retries."""
-    from redis import Redis
+    from project.core.redis_store import client_from_url
 
-    return Redis.from_url(
-        settings.redis_url, decode_responses=True, socket_connect_timeout=3, socket_timeout=10
-    )
+    return client_from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
 
 
 def _ago(ms: int | None) -> str:

@@ -21,12 +21,15 @@ from project.core.constants import (
     TASK_SUBMIT,
 )
 from project.core.models import PRIORITY_STEPS, Priority
+from project.core.redis_store import celery_urls
 from project.core.settings import Settings, get_settings
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Return the Celery settings for a deployment."""
+    url, sentinel_options = celery_urls(settings.redis_url)
     transport_options = {
+        **sentinel_options,
         # One visibility timeout for broker and backend: longer than the longest job.
         "visibility_timeout": settings.visibility_timeout_s,
         "priority_steps": PRIORITY_STEPS,
@@ -37,8 +40,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "retry_on_timeout": True,
     }
     return {
-        "broker_url": settings.redis_url,
-        "result_backend": settings.redis_url,
+        "broker_url": url,
+        "result_backend": url,
         # JSON only, everywhere; pickle is refused.
         "task_serializer": "json",
         "result_serializer": "json",
@@ -50,7 +53,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "broker_transport_options": transport_options,
-        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "result_backend_transport_options": {
+            **sentinel_options,
+            "visibility_timeout": settings.visibility_timeout_s,
+        },
         "broker_connection_retry_on_startup": True,
         # Ride out a Redis restart while publishing (about a minute of retries).
         "task_publish_retry": True,

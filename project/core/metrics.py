@@ -301,13 +301,13 @@ def serve_metrics(
 
 def scrape_client(url: str) -> Any:
     """A Redis client for scrapes: fails in seconds, so a scrape never hangs on an outage."""
-    from redis import Redis
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    return Redis.from_url(
+    from project.core.redis_store import client_from_url
+
+    return client_from_url(
         url,
-        decode_responses=True,
         socket_connect_timeout=2,
         socket_timeout=5,
         retry=Retry(NoBackoff(), 1),

@@ -26,6 +26,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from project.core.redis_store import client_from_url
+
 log = logging.getLogger("project.notifications")
 
 MessageHandler = Callable[[str, dict[str, Any]], None]
@@ -94,9 +96,8 @@ class Subscriber:
 
     def _connect(self) -> tuple[Redis, PubSub]:
         # No transparent retry: a reconnect must be seen here so that on_subscribed runs.
-        client = Redis.from_url(
+        client = client_from_url(
             self._url,
-            decode_responses=True,
             socket_connect_timeout=2,
             socket_timeout=10,
             socket_keepalive=True,

@@ -26,7 +26,9 @@ class Settings(BaseSettings):
 
     redis_url: str = Field(
         default="redis://localhost:6379/0",
-        description="Redis used as broker, result backend and shared-state store.",
+        description="Redis used as broker, result backend and shared-state store: "
+        "redis://, rediss://, or Sentinels as "
+        "sentinel://[:password@]host:port[/db];sentinel://host:port...?master_name=NAME.",
     )
     a2a_keys: SecretStr | None = Field(
         default=None,

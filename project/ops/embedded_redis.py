@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -54,6 +55,7 @@ class EmbeddedRedis:
         appendonly: bool = True,
         password: str | None = None,
         appendfsync: str = "always",
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.directory = Path(directory)
         self.port = port or free_port()
@@ -63,6 +65,8 @@ class EmbeddedRedis:
         # redis-server loses no acknowledged job. "everysec" may postpone the write
         # by up to two seconds while a background fsync is slow, losing acked writes.
         self.appendfsync = appendfsync
+        self.extra_args = tuple(extra_args)
+        """More redis-server arguments, e.g. ``("--replicaof", "127.0.0.1", "6380")``."""
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -95,6 +99,7 @@ class EmbeddedRedis:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        args += self.extra_args
         # Own session: a Ctrl-C in the terminal reaches the runner, which stops the
         # agents first and Redis last, not Redis directly.
         self.process = subprocess.Popen(

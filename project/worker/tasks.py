@@ -19,6 +19,9 @@ from project.worker.execution import EXECUTE_GRAPH
     ignore_result=True,
     store_errors_even_if_ignored=True,
     throws=(A2AError,),
+    # The return value is the signed RESPONSE with the job's result: logs and the
+    # task-succeeded event show only its start, not the result.
+    resultrepr_maxsize=96,
 )
 def execute(self: Any, envelope: Any) -> Any:
     """Run a signed work order; return the signed RESPONSE (sent on as the link callback)."""
