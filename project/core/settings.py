@@ -87,6 +87,13 @@ class Settings(BaseSettings):
         default_factory=list, description="Tags of this worker, matched by job requirements."
     )
     worker_weight: int = Field(default=1, ge=1, description="Weight for weighted routing.")
+    worker_stall_timeout_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="A worker whose queue holds messages while it has a free slot and "
+        "takes none for this long stops itself (its consumer is stuck), so its jobs are "
+        "re-routed and the deployment restarts it; 0 disables the check.",
+    )
     handler_modules: CommaList = Field(
         default_factory=list, description="Extra modules imported by workers to add handlers."
     )
