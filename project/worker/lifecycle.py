@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -152,8 +154,20 @@ def stop_stalled_worker(worker_id: str, stalled_s: float, waiting: int) -> None:
     """Log, then stop this worker process: cold shutdown, and a hard exit if that hangs."""
     log.critical(
         "worker consumer stalled: stopping so its jobs are re-routed and it is restarted",
-        extra={"agent_id": worker_id, "stalled_s": round(stalled_s, 1), "waiting": waiting},
+        extra={
+            "agent_id": worker_id,
+            "stalled_s": round(stalled_s, 1),
+            "waiting": waiting,
+            "reserved": len(worker_state.reserved_requests),
+            "active": len(worker_state.active_requests),
+        },
     )
+    # Where every thread is, for whoever investigates (the main thread runs the
+    # consumer), to the process's real stderr: Celery replaces sys.stderr.
+    try:
+        faulthandler.dump_traceback(file=sys.__stderr__ or sys.stderr, all_threads=True)
+    except (AttributeError, OSError, ValueError):
+        log.warning("could not dump the threads' stacks", exc_info=True)
     threading.Timer(STALL_EXIT_GRACE_S, os._exit, args=(STALL_EXIT_CODE,)).start()
     os.kill(os.getpid(), signal.SIGQUIT)
 
