@@ -45,7 +45,7 @@ from project.core.constants import (
 from project.core.envelope import now_ms
 from project.core.leases import LeaseManager
 from project.core.messages import DispatchRequest
-from project.core.models import PRIORITY_STEPS, JobRecord, JobStatus
+from project.core.models import JobRecord, JobStatus, priority_lists
 from project.core.runtime import Runtime
 from project.core.submits import publish_submit
 
@@ -101,7 +101,7 @@ def _depth(rt: Runtime, queue: str, cache: dict[str, int]) -> int:
     """Messages waiting in a queue, every priority level (cached per run)."""
     if queue not in cache:
         pipe = rt.redis.pipeline(transaction=False)
-        for name in [queue] + [f"{queue}:{step}" for step in PRIORITY_STEPS if step]:
+        for name in priority_lists(queue):
             pipe.llen(name)
         cache[queue] = sum(int(n) for n in pipe.execute())
     return cache[queue]
@@ -129,8 +129,7 @@ def _idle(rt: Runtime, queue: str, cache: dict[str, int] | None = None) -> bool:
 
 def drain_worker_queue(rt: Runtime, worker_id: str) -> int:
     """Delete the messages waiting in a dead worker's queue (every priority level)."""
-    base = worker_queue(worker_id)
-    names = [base] + [f"{base}:{step}" for step in PRIORITY_STEPS if step]
+    names = priority_lists(worker_queue(worker_id))
     pipe = rt.redis.pipeline(transaction=True)
     for name in names:
         pipe.llen(name)

@@ -21,7 +21,7 @@ from project.core.constants import KEY_RUNNING, TASK_EXECUTE, worker_queue
 from project.core.envelope import now_ms
 from project.core.errors import ConfigurationError
 from project.core.lifecycle import VERSION, AgentHooks, lifecycle_step
-from project.core.models import PRIORITY_STEPS, AgentCard, Skill
+from project.core.models import AgentCard, Skill, priority_lists
 from project.core.runtime import Runtime
 from project.core.settings import get_settings
 from project.worker.handlers import HANDLERS
@@ -146,8 +146,7 @@ class ConsumerWatchdog:
 
 def queue_names(worker_id: str) -> list[str]:
     """The Redis lists of a worker's queue, one per priority level."""
-    base = worker_queue(worker_id)
-    return [base] + [f"{base}:{step}" for step in PRIORITY_STEPS if step]
+    return priority_lists(worker_queue(worker_id))
 
 
 def stop_stalled_worker(worker_id: str, stalled_s: float, waiting: int) -> None:
