@@ -46,9 +46,13 @@ def test_a_stalled_worker_stops_and_its_jobs_complete_elsewhere(
         client = Celery("stall-client", set_as_current=False)
         client.conf.update(celery_config(Settings(redis_url=redis_url(DB))))
         store = JobStore(redis, result_ttl_s=3600)
-        replies = client.control.cancel_consumer(
-            "worker.w1", destination=[f"w1@{socket.gethostname()}"], reply=True, timeout=10
-        )
+        # A broadcast sent before w1's control consumer has subscribed is lost: ask again.
+        replies: list[object] = []
+        deadline = time.monotonic() + 30
+        while not replies and time.monotonic() < deadline:
+            replies = client.control.cancel_consumer(
+                "worker.w1", destination=[f"w1@{socket.gethostname()}"], reply=True, timeout=2
+            )
         assert replies, "w1 did not answer the cancel_consumer command"
         stalled_at = time.monotonic()
         jobs = [{"task_type": "generic", "payload": {"echo": i}} for i in range(12)]
