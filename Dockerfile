@@ -16,7 +16,7 @@ WORKDIR /app
 # (pyproject.toml names README.md as the readme, so it must be in the build context.)
 COPY pyproject.toml README.md ./
 COPY project ./project
-RUN pip install . \
+RUN pip install ".[all]" \
  && rm -rf /app/project /app/build \
  && mkdir -p /tmp/metrics \
  && chown -R agents:agents /app /tmp/metrics

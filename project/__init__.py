@@ -5,6 +5,9 @@
     from project import submit_task
     result = submit_task.delay("compute", {"operation": "sum", "values": [1, 2, 3]})
     result.get(timeout=10)["result"]  # 6
+
+Importing this package loads what submitting needs; worker processes import each
+tier's tasks at start (the app's ``include``).
 """
 
 from project.client import submit_many
@@ -22,12 +25,6 @@ from project.core.errors import (
     UnknownTaskTypeError,
 )
 
-# Register every tier's tasks and bootsteps on the app.
-from project.distributor import tasks as _distributor_tasks  # noqa: F401
-from project.ops import flower as _flower  # noqa: F401  (Flower auth from settings)
-from project.worker import lifecycle as _worker_lifecycle  # noqa: F401
-from project.worker import tasks as _worker_tasks  # noqa: F401
-
 celery = app
 
 __all__ = [
@@ -41,6 +38,7 @@ __all__ = [
     "NoEligibleWorkerError",
     "UnknownTaskTypeError",
     "app",
+    "celery",
     "submit_many",
     "submit_task",
 ]

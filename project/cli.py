@@ -8,9 +8,6 @@ shows the traceback instead.
 from __future__ import annotations
 
 import functools
-import importlib
-import importlib.util
-import inspect
 import json
 import re
 import sys
@@ -27,7 +24,7 @@ from rich.json import JSON
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from project.core.errors import AgentsError
+from project.core.errors import AgentsError, describe_validation_error
 
 app = typer.Typer(
     help="Coordinator -> Distributor -> Worker agents on Celery.",
@@ -90,10 +87,7 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, CeleryTimeoutError):
         return f"timed out: {exc}"
     if isinstance(exc, ValidationError):
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()
-        )
-        return f"invalid settings or input: {problems}"
+        return f"invalid settings or input: {describe_validation_error(exc, limit=100)}"
     if isinstance(exc, AgentsError):
         return f"{type(exc).__name__}: {exc}"
     message = str(exc) or repr(exc)
@@ -131,15 +125,14 @@ def _settings() -> Any:
 
 def _redis(settings: Any) -> Any:
     """A client that fails fast: an operator waits seconds, not the agents' 30 s of retries."""
-    from project.core.redis_store import client_from_url
+    from project.core.state.connections import client_from_url
 
     return client_from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
 
 
-def _ago(ms: int | None) -> str:
-    if not ms:
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
         return "never"
-    seconds = max(0.0, time.time() - ms / 1000)
     if seconds < 120:
         return f"{seconds:.1f} s ago"
     if seconds < 7200:
@@ -167,7 +160,7 @@ def _root(
 @app.command()
 def demo(jobs: int = typer.Option(300, help="How many jobs to run.")) -> None:
     """Start an embedded Redis and every tier, run a mixed workload, print a summary."""
-    from project.ops.demo import run_demo
+    from project.local.demo import run_demo
 
     raise typer.Exit(run_demo(jobs))
 
@@ -187,7 +180,7 @@ def up(
     ] = None,
 ) -> None:
     """Embedded Redis + every tier + beat + Flower, in one command. Ctrl-C stops everything."""
-    from project.ops.up import UpOptions, run_up
+    from project.local.up import UpOptions, run_up
 
     ids = tuple(w.strip() for w in workers.split(",") if w.strip())
     if not ids:
@@ -341,38 +334,39 @@ def _submit_file(jobs: list[dict[str, Any]], *, wait: bool, timeout: float) -> N
 
 
 def _queue_depths(redis: Any, queues: list[str]) -> dict[str, dict[int, int]]:
-    from project.core.models import PRIORITY_STEPS
+    from project.core.celery_app.broker_keys import broker_keys
 
+    keys = broker_keys()
     pipe = redis.pipeline(transaction=False)
     for queue in queues:
-        for step in PRIORITY_STEPS:
-            pipe.llen(queue if step == 0 else f"{queue}:{step}")
+        for step in keys.priority_steps:
+            pipe.llen(keys.priority_list(queue, step))
     counts = iter(pipe.execute())
-    return {queue: {step: int(next(counts)) for step in PRIORITY_STEPS} for queue in queues}
+    return {queue: {step: int(next(counts)) for step in keys.priority_steps} for queue in queues}
 
 
 def collect_status(redis: Any, settings: Any) -> dict[str, Any]:
     """Everything ``agents status`` shows, as plain data (read from Redis)."""
+    from project.core.celery_app.broker_keys import broker_keys
     from project.core.constants import (
         COORDINATOR_QUEUE,
         DISTRIBUTOR_QUEUE,
         KEY_JOBS_OPEN,
+        KEY_STATS_REFUSED,
     )
-    from project.core.jobs import JobStore
-    from project.core.registry import AgentRegistry
+    from project.core.state.jobs import JobStore
+    from project.core.state.registry import AgentRegistry
 
     registry = AgentRegistry(redis)
-    cards, beats, dead = registry.snapshot()
-    now_ms = int(time.time() * 1000)
-    timeout_ms = int(settings.heartbeat_timeout_s * 1000)
+    snapshot = registry.snapshot()  # heartbeat ages on Redis's clock, not this host's
+    cards, dead = snapshot.cards, snapshot.dead
     workers = sorted(a for a, c in cards.items() if c.tier == "worker")
     loads = registry.loads(workers) if workers else {}
     agents = []
     for agent_id, card in sorted(cards.items(), key=lambda kv: (kv[1].tier, kv[0])):
-        beat = beats.get(agent_id)
         if agent_id in dead:
             health = "dead"
-        elif beat is not None and now_ms - beat <= timeout_ms:
+        elif snapshot.is_live(agent_id, settings.heartbeat_timeout_s):
             health = "live"
         else:
             health = "silent"
@@ -384,18 +378,18 @@ def collect_status(redis: Any, settings: Any) -> dict[str, Any]:
                 "queue": card.queue,
                 "concurrency": card.concurrency,
                 "health": health,
-                "last_heartbeat_ms": beat,
+                "heartbeat_age_s": snapshot.heartbeat_age_s(agent_id),
                 "dead": agent_id in dead,
                 "open_jobs": loads.get(agent_id),
             }
         )
     queues = [COORDINATOR_QUEUE, DISTRIBUTOR_QUEUE] + [cards[w].queue for w in workers]
     store = JobStore(redis, result_ttl_s=settings.result_ttl_s)
-    refused: dict[str, str] = redis.hgetall("stats:a2a:refused")
+    refused: dict[str, str] = redis.hgetall(KEY_STATS_REFUSED)
     return {
         "agents": agents,
         "queues": _queue_depths(redis, queues),
-        "unacked": int(redis.hlen("unacked")),
+        "unacked": int(redis.hlen(broker_keys().unacked)),
         "jobs": store.counts(),
         "open_jobs": int(redis.zcard(KEY_JOBS_OPEN)),
         "stats": store.stats(),
@@ -430,7 +424,7 @@ def status(
             agent["queue"],
             str(agent["concurrency"]),
             f"[{colors[agent['health']]}]{agent['health']}[/]",
-            _ago(agent["last_heartbeat_ms"]),
+            _ago(agent["heartbeat_age_s"]),
             "yes" if agent["dead"] else "no",
             "-" if agent["open_jobs"] is None else str(agent["open_jobs"]),
         )
@@ -532,7 +526,7 @@ def job(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """A job's record and its causal chain of A2A envelopes."""
-    from project.core.jobs import JobStore
+    from project.core.state.jobs import JobStore
 
     settings = _settings()
     store = JobStore(_redis(settings), result_ttl_s=settings.result_ttl_s)
@@ -619,45 +613,6 @@ def metrics(
         pass
     finally:
         server.shutdown()
-
-
-# --- bench ----------------------------------------------------------------------------
-
-_BENCH_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
-
-
-def _bench_main() -> Callable[..., Any] | None:
-    try:
-        module = importlib.import_module("project.ops.bench")
-    except ModuleNotFoundError as exc:
-        if exc.name != "project.ops.bench":
-            raise
-    else:
-        found: Callable[..., Any] | None = getattr(module, "main", None)
-        return found
-    if _BENCH_SCRIPT.is_file():
-        spec = importlib.util.spec_from_file_location("agents_bench_script", _BENCH_SCRIPT)
-        if spec is not None and spec.loader is not None:
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            script_main: Callable[..., Any] | None = getattr(module, "main", None)
-            return script_main
-    return None
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-@friendly_errors
-def bench(ctx: typer.Context) -> None:
-    """Our pipeline against bare Celery (extra arguments go to the benchmark)."""
-    main_fn = _bench_main()
-    if main_fn is None:
-        raise _fail(
-            "bench is not built yet: neither project.ops.bench nor scripts/bench.py "
-            "provides main() (see the benchmark issue)"
-        )
-    params = inspect.signature(main_fn).parameters
-    code = main_fn(list(ctx.args)) if params else main_fn()
-    raise typer.Exit(int(code or 0))
 
 
 def main() -> None:

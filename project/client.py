@@ -10,8 +10,8 @@ from celery.result import AsyncResult
 from celery.utils import uuid
 
 from project.core.celery_app import app
-from project.core.jobs import JobStore
 from project.core.runtime import get_runtime
+from project.core.state.jobs import JobStore
 from project.core.submits import submit_calls
 
 

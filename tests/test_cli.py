@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import Redis
+from support.polling import wait_for
 from typer.testing import CliRunner, Result
 
-from project import cli
 from project.cli import app
+from project.core.constants import CHANNEL_AGENTS, CHANNEL_JOBS
+from project.core.models import AgentCard
 from project.core.runtime import get_runtime
-from project.ops.embedded_redis import free_port
-from project.ops.local import LocalDeployment
+from project.core.state.registry import AgentRegistry
+from project.local.deployment import LocalDeployment
+from project.local.embedded_redis import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -39,6 +45,49 @@ def submit_and_wait(*args: str) -> tuple[Result, str]:
     result = invoke("submit", *args, "--wait", "--timeout", "30")
     (job_id,) = [line.split()[-1] for line in result.stdout.splitlines() if "submitted job" in line]
     return result, job_id
+
+
+EVENT_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d{3}  (job|agent)\s+(\S+)  (.*)$")
+FIELD = re.compile(r"\b(epoch|assignee)=(\S+)")
+
+
+def _subscribers(redis: Redis, channel: str) -> int:
+    ((_, count),) = redis.pubsub_numsub(channel)
+    return int(count)
+
+
+def watch_while(act: Callable[[], None], channel: str, *args: str) -> Result:
+    """Run ``agents watch *args``; ``act`` runs in a thread once watch listens on ``channel``."""
+    redis = get_runtime().redis
+    listening_before = _subscribers(redis, channel)
+    failures: list[BaseException] = []
+
+    def when_subscribed() -> None:
+        try:
+            wait_for(lambda: _subscribers(redis, channel) > listening_before, 20, "watch")
+            act()
+        except BaseException as exc:  # re-raised in the test's thread
+            failures.append(exc)
+
+    thread = threading.Thread(target=when_subscribed)
+    thread.start()
+    try:
+        result = invoke("watch", "--seconds", "30", *args)
+    finally:
+        thread.join(timeout=40)
+    if failures:
+        raise failures[0]
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def event_lines(result: Result) -> list[tuple[str, str, str]]:
+    """(kind, id, rest) of every event line watch printed, in order."""
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("watching "), result.stdout
+    found = [EVENT_LINE.match(line) for line in lines[1:-1]]
+    assert all(found), result.stdout
+    return [(m.group(1), m.group(2), m.group(3).strip()) for m in found if m]
 
 
 def test_status_shows_every_tier_live(deployment: LocalDeployment) -> None:
@@ -137,20 +186,60 @@ def test_submit_file_with_a_bad_line(deployment: LocalDeployment, tmp_path: Path
 def test_watch_prints_job_state_changes(deployment: LocalDeployment) -> None:
     from project import submit_task
 
-    def later() -> None:
-        time.sleep(1.0)
-        submit_task.delay("compute", {"operation": "sum", "values": [1]}).get(timeout=30)
+    submitted: list[str] = []
 
-    thread = threading.Thread(target=later)
-    thread.start()
-    try:
-        result = invoke("watch", "--count", "4", "--seconds", "30", "--no-agents")
-    finally:
-        thread.join(timeout=40)
-    assert result.exit_code == 0, result.output
-    for status in ("PENDING", "ASSIGNED", "IN_PROGRESS", "COMPLETED"):
-        assert status in result.stdout
-    assert "4 events" in result.stdout
+    def submit() -> None:
+        job = submit_task.delay("compute", {"operation": "sum", "values": [1]})
+        submitted.append(job.id)
+        assert job.get(timeout=30)["result"] == 1
+
+    result = watch_while(submit, CHANNEL_JOBS, "--count", "4", "--no-agents")
+
+    assert result.stdout.splitlines()[0] == (
+        f"watching {CHANNEL_JOBS} on {get_runtime().settings.redis_url} (Ctrl-C stops)"
+    )
+    (job_id,) = submitted
+    events = event_lines(result)
+    assert [(kind, who) for kind, who, _ in events] == [("job", job_id)] * 4
+    statuses = [rest.split()[0] for _, _, rest in events]
+    assert statuses == ["PENDING", "ASSIGNED", "IN_PROGRESS", "COMPLETED"]
+    # Fields after the status come in the order the script's cjson wrote them.
+    details = [dict(FIELD.findall(rest)) for _, _, rest in events]
+    assert details[0] == {"epoch": "0"}
+    (moved,) = {tuple(sorted(d.items())) for d in details[1:]}  # one epoch, one worker
+    assert moved in [(("assignee", w), ("epoch", "1")) for w in ("w1", "w2", "w3")], moved
+    assert result.stdout.splitlines()[-1] == "4 events"
+
+
+def test_watch_prints_agent_events(deployment: LocalDeployment, redis_client: Redis) -> None:
+    # Pub/sub is per server, not per database: a probe agent on the scratch database
+    # is seen by watch, and the deployment's registry (database 0) is left alone.
+    registry = AgentRegistry(redis_client)
+    probe = AgentCard(
+        name="watch-probe",
+        description="an agent that only registers",
+        version="0",
+        url="celery://worker.watch-probe",
+        skills=[],
+        id="watch-probe",
+        tier="worker",
+        queue="worker.watch-probe",
+    )
+
+    def come_and_go() -> None:
+        registry.register(probe)
+        registry.mark_dead(probe.id)
+        registry.deregister(probe.id)
+
+    result = watch_while(come_and_go, CHANNEL_AGENTS, "--count", "3", "--no-jobs")
+
+    assert result.stdout.splitlines()[0].startswith(f"watching {CHANNEL_AGENTS} on ")
+    assert event_lines(result) == [
+        ("agent", "watch-probe", "registered"),
+        ("agent", "watch-probe", "dead"),
+        ("agent", "watch-probe", "deregistered"),
+    ]
+    assert result.stdout.splitlines()[-1] == "3 events"
 
 
 def test_unreachable_redis_is_one_line(redis_server: object) -> None:
@@ -168,21 +257,3 @@ def test_metrics_once_prints_cluster_figures(deployment: LocalDeployment) -> Non
     assert 'agents_hop_seconds_count{outcome="ok",task="worker.execute",tier="worker"}' in (
         result.stdout
     )
-
-
-def test_bench_stub_until_the_benchmark_exists(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "_bench_main", lambda: None)
-    assert "bench is not built yet" in one_error_line(invoke("bench"))
-
-
-def test_bench_runs_the_benchmark_with_its_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[list[str]] = []
-
-    def fake_main(argv: list[str]) -> int:
-        seen.append(argv)
-        return 0
-
-    monkeypatch.setattr(cli, "_bench_main", lambda: fake_main)
-    result = invoke("bench", "--jobs", "10")
-    assert result.exit_code == 0, result.output
-    assert seen == [["--jobs", "10"]]

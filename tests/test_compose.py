@@ -13,8 +13,8 @@ import yaml
 from project.core.celery_app import app
 from project.core.constants import WORKER_QUEUE_PREFIX
 from project.core.settings import Settings
-from project.ops.env_example import render_env_example
-from project.ops.topology import default_topology
+from project.local.env_example import render_env_example
+from project.local.topology import default_topology
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS_VARS = {f"AGENTS_{name.upper()}" for name in Settings.model_fields}
@@ -113,7 +113,7 @@ def test_env_example_lists_every_setting_and_nothing_else() -> None:
 
 def test_env_example_is_generated() -> None:
     assert (ROOT / ".env.example").read_text() == render_env_example(), (
-        "regenerate: python -m project.ops.env_example > .env.example"
+        "regenerate: python -m project.local.env_example > .env.example"
     )
 
 
@@ -178,7 +178,7 @@ def test_flower_requires_auth(services: dict[str, dict[str, Any]]) -> None:
 def test_dockerfile_is_slim_and_not_root() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim", text, re.MULTILINE)
-    assert re.search(r"^RUN pip install \.", text, re.MULTILINE)
+    assert re.search(r"^RUN pip install \"\.\[all\]\"", text, re.MULTILINE)
     users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
     assert users and users[-1] not in ("root", "0"), users
     images = {

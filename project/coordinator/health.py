@@ -1,6 +1,6 @@
-"""Beat-driven health check and reconciliation, run by the coordinator.
+"""The checks of the coordinator's supervisor cycle (:mod:`.supervisor` runs them).
 
-One run, under a short lease so that two beats never double-act:
+One cycle, under a short lease so that two beats never double-act:
 
 1. Agents silent past ``heartbeat_timeout_s`` are marked dead (visibly, in the
    registry); one that heartbeats again is re-admitted by its heartbeat.
@@ -30,31 +30,33 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
-from project.coordinator.intake import dispatch_request
+from project.coordinator.intake import send_to_distributor
 from project.coordinator.shared_view import sync_shared_state
+from project.core.a2a.envelope import now_ms
 from project.core.celery_app import app
+from project.core.celery_app.broker_keys import broker_keys
 from project.core.constants import (
     COORDINATOR_QUEUE,
     DISTRIBUTOR_QUEUE,
-    KEY_LEASE,
     KEY_RUNNING,
+    KEY_STATS_HEALTH,
+    KEY_STATS_JOBS,
     KEY_WORKER_JOBS,
+    Tier,
     worker_queue,
 )
-from project.core.envelope import now_ms
-from project.core.leases import LeaseManager
-from project.core.messages import DispatchRequest
-from project.core.models import JobRecord, JobStatus, priority_lists
+from project.core.messages import DispatchReason, DispatchRequest
+from project.core.models import JobRecord, JobStatus
 from project.core.runtime import Runtime
+from project.core.state.leases import LeaseManager
 from project.core.submits import publish_submit
 
 log = logging.getLogger("project.coordinator.health")
 
 HEALTH_LEASE = "beat:health_check"
 KEY_REROUTED = "reroute:"  # reroute:{job}:{epoch} -> set once per epoch, so beats don't pile up
-KEY_STATS = "stats:jobs"
-KEY_HEALTH_STATS = "stats:health"
 
 
 @dataclass
@@ -65,11 +67,12 @@ class HealthReport:
     newly_dead: list[str] = field(default_factory=list)
     rerouted: list[str] = field(default_factory=list)
     resent_stuck: list[str] = field(default_factory=list)
+    escalated: list[str] = field(default_factory=list)
     drained_messages: int = 0
     restored_messages: int = 0
 
 
-def _request_for(record: JobRecord, reason: str) -> DispatchRequest:
+def _request_for(record: JobRecord, reason: DispatchReason) -> DispatchRequest:
     return DispatchRequest(
         job_id=record.id,
         task_type=record.task_type,
@@ -82,12 +85,12 @@ def _request_for(record: JobRecord, reason: str) -> DispatchRequest:
     )
 
 
-def _send_once(rt: Runtime, record: JobRecord, reason: str) -> bool:
+def _send_once(rt: Runtime, record: JobRecord, reason: DispatchReason) -> bool:
     """Send a dispatch request for this epoch of the job unless one went out recently."""
     marker = f"{KEY_REROUTED}{record.id}:{record.epoch}"
     if not rt.redis.set(marker, reason, nx=True, ex=max(5, int(rt.settings.stuck_job_after_s))):
         return False
-    dispatch_request(rt, _request_for(record, reason))
+    send_to_distributor(rt, _request_for(record, reason))
     return True
 
 
@@ -101,7 +104,7 @@ def _depth(rt: Runtime, queue: str, cache: dict[str, int]) -> int:
     """Messages waiting in a queue, every priority level (cached per run)."""
     if queue not in cache:
         pipe = rt.redis.pipeline(transaction=False)
-        for name in priority_lists(queue):
+        for name in broker_keys().priority_lists(queue):
             pipe.llen(name)
         cache[queue] = sum(int(n) for n in pipe.execute())
     return cache[queue]
@@ -129,7 +132,7 @@ def _idle(rt: Runtime, queue: str, cache: dict[str, int] | None = None) -> bool:
 
 def drain_worker_queue(rt: Runtime, worker_id: str) -> int:
     """Delete the messages waiting in a dead worker's queue (every priority level)."""
-    names = priority_lists(worker_queue(worker_id))
+    names = broker_keys().priority_lists(worker_queue(worker_id))
     pipe = rt.redis.pipeline(transaction=True)
     for name in names:
         pipe.llen(name)
@@ -147,11 +150,11 @@ def restore_orphaned_tier_messages(rt: Runtime, older_than_s: float) -> int:
     """
     ceiling = time.time() - older_than_s
     tags: list[str] = rt.redis.zrangebyscore(  # type: ignore[assignment]
-        "unacked_index", "-inf", ceiling, start=0, num=1000
+        broker_keys().unacked_index, "-inf", ceiling, start=0, num=1000
     )
     if not tags:
         return 0
-    raw = rt.redis.hmget("unacked", tags)
+    raw = rt.redis.hmget(broker_keys().unacked, tags)
     orphans = []
     for tag, entry in zip(tags, raw, strict=True):
         if entry is None:
@@ -171,43 +174,66 @@ def restore_orphaned_tier_messages(rt: Runtime, older_than_s: float) -> int:
     return len(orphans)
 
 
-def run_health_check(rt: Runtime) -> HealthReport:
-    """One health-check and reconciliation pass (see the module docstring)."""
-    report = HealthReport()
+@dataclass(frozen=True)
+class Findings:
+    """What one cycle's assessment found to do (see the module docstring)."""
+
+    newly_dead: tuple[str, ...] = ()
+    """Agents this cycle marked dead."""
+    reroutes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Dead or departed workers, each with its unfinished job ids."""
+    stuck: tuple[JobRecord, ...] = ()
+    """Open jobs whose dispatch, work order or result was lost, as assessed."""
+    intents: tuple[tuple[str, dict[str, Any]], ...] = ()
+    """Submit calls that never became a job record, with their calls."""
+    unserved_task_types: tuple[str, ...] = ()
+    """Task types of open jobs that no live worker offers."""
+
+
+def assess(rt: Runtime) -> Findings | None:
+    """Take this interval's lease, mark silent agents dead, and find what to do.
+
+    Returns None if another beat holds the lease (it does this interval's cycle).
+    """
     leases = LeaseManager(rt.redis)
     ttl_ms = max(1000, int(rt.settings.health_check_interval_s * 1000 * 0.8))
     # The lease is not released at the end: it expires just before the next
     # interval, so a second beat firing later in the same interval does nothing.
-    lease = leases.acquire(HEALTH_LEASE, ttl_ms)
-    if lease is None:
-        rt.redis.hincrby(KEY_HEALTH_STATS, "skipped", 1)
-        return report  # another beat is doing this run
-    rt.redis.hincrby(KEY_HEALTH_STATS, "runs", 1)
-    report.ran = True
+    if leases.acquire(HEALTH_LEASE, ttl_ms) is None:
+        rt.redis.hincrby(KEY_STATS_HEALTH, "skipped", 1)
+        return None
+    rt.redis.hincrby(KEY_STATS_HEALTH, "runs", 1)
     settings = rt.settings
     cards = rt.registry.cards()
+    newly_dead = []
     for agent_id in rt.registry.silent_agents(settings.heartbeat_timeout_s):
         if rt.registry.mark_dead(agent_id):
-            report.newly_dead.append(agent_id)
+            newly_dead.append(agent_id)
             log.warning("agent marked dead", extra={"agent_id": agent_id})
-    dead = {a for a in rt.registry.dead_agents() if a in cards and cards[a].tier == "worker"}
+    dead = {a for a in rt.registry.dead_agents() if a in cards and cards[a].tier == Tier.WORKER}
     # A worker that deregistered (shut down) while still holding jobs left them too.
     gone = {w for w in _workers_holding_jobs(rt) if w not in cards}
-    for agent_id in sorted(dead | gone):
-        for job_id in sorted(rt.jobs.open_jobs_of(agent_id)):
-            record = rt.jobs.get(job_id)
-            if record is None or record.status.is_final or record.assignee != agent_id:
-                continue
-            if _send_once(rt, record, "reroute"):
-                report.rerouted.append(job_id)
-        report.drained_messages += drain_worker_queue(rt, agent_id)
+    reroutes = tuple(
+        (agent_id, tuple(sorted(rt.jobs.open_jobs_of(agent_id))))
+        for agent_id in sorted(dead | gone)
+    )
     stuck_before = now_ms() - int(settings.stuck_job_after_s * 1000)
     queue_depths: dict[str, int] = {}
     running: dict[str, set[str] | None] = {}
+    stuck = []
+    unserved: set[str] = set()
+    live_types = {
+        t
+        for c in cards.values()
+        if c.tier == Tier.WORKER and c.id not in dead
+        for t in c.task_types
+    }
     for job_id in rt.jobs.open_jobs_untouched_since(stuck_before):
         record = rt.jobs.get(job_id)
         if record is None:
             continue
+        if record.task_type not in live_types:
+            unserved.add(record.task_type)
         lost_order = record.status is JobStatus.ASSIGNED and (
             _queue_depth(rt, record.assignee, queue_depths) == 0
         )
@@ -218,25 +244,78 @@ def run_health_check(rt: Runtime) -> HealthReport:
             and _not_running(rt, record, running)
             and _idle(rt, DISTRIBUTOR_QUEUE, queue_depths)
         )
-        if (unsent or lost_order or lost_result) and _send_once(rt, record, "stuck"):
-            report.resent_stuck.append(job_id)
+        if unsent or lost_order or lost_result:
+            stuck.append(record)
     # Only when the coordinator's queue is empty: a backlog may still hold them.
     intents = rt.jobs.unrecorded_intents(stuck_before) if _idle(rt, COORDINATOR_QUEUE) else {}
-    for job_id, call in intents.items():
+    return Findings(
+        newly_dead=tuple(newly_dead),
+        reroutes=reroutes,
+        stuck=tuple(stuck),
+        intents=tuple(intents.items()),
+        unserved_task_types=tuple(sorted(unserved)),
+    )
+
+
+def reroute(rt: Runtime, findings: Findings) -> tuple[list[str], int]:
+    """Send the unfinished jobs of dead workers back to the distributor; drain their queues.
+
+    Returns the re-routed job ids and how many queued messages were drained.
+    """
+    rerouted: list[str] = []
+    drained = 0
+    for agent_id, job_ids in findings.reroutes:
+        for job_id in job_ids:
+            record = rt.jobs.get(job_id)
+            if record is None or record.status.is_final or record.assignee != agent_id:
+                continue
+            if _send_once(rt, record, DispatchReason.REROUTE):
+                rerouted.append(job_id)
+        drained += drain_worker_queue(rt, agent_id)
+    return rerouted, drained
+
+
+def resend(rt: Runtime, findings: Findings) -> tuple[list[str], int]:
+    """Re-send stuck jobs and lost submits; put orphaned tier messages back on their queues.
+
+    Returns the re-sent job ids and how many orphaned messages were restored.
+    """
+    resent: list[str] = []
+    for record in findings.stuck:
+        if _send_once(rt, record, DispatchReason.STUCK):
+            resent.append(record.id)
+    for job_id, call in findings.intents:
         publish_submit(app, job_id, call)
-        report.resent_stuck.append(job_id)
-    report.restored_messages = restore_orphaned_tier_messages(rt, settings.stuck_job_after_s)
+        resent.append(job_id)
+    return resent, restore_orphaned_tier_messages(rt, rt.settings.stuck_job_after_s)
+
+
+def escalate(rt: Runtime, findings: Findings) -> list[str]:
+    """Raise what the cycle cannot fix by itself: open jobs no live worker can take.
+
+    Logged at ERROR and counted; the jobs keep their deadlines (the distributor
+    fails them with NoEligibleWorkerError when those pass).
+    """
+    if findings.unserved_task_types:
+        rt.redis.hincrby(KEY_STATS_HEALTH, "escalations", 1)
+        log.error(
+            "open jobs wait for task types no live worker offers",
+            extra={"task_types": list(findings.unserved_task_types)},
+        )
+    return list(findings.unserved_task_types)
+
+
+def report(rt: Runtime, done: HealthReport) -> None:
+    """Sync the distributors' shared state, count and log what the cycle did."""
+    if not done.ran:
+        return
     sync_shared_state(rt)
-    if report.rerouted or report.resent_stuck:
+    if done.rerouted or done.resent_stuck:
         pipe = rt.redis.pipeline(transaction=False)
-        pipe.hincrby(KEY_STATS, "rerouted", len(report.rerouted))
-        pipe.hincrby(KEY_STATS, "resent_stuck", len(report.resent_stuck))
+        pipe.hincrby(KEY_STATS_JOBS, "rerouted", len(done.rerouted))
+        pipe.hincrby(KEY_STATS_JOBS, "resent_stuck", len(done.resent_stuck))
         pipe.execute()
         log.warning(
             "re-dispatched jobs",
-            extra={"rerouted": len(report.rerouted), "stuck": len(report.resent_stuck)},
+            extra={"rerouted": len(done.rerouted), "stuck": len(done.resent_stuck)},
         )
-    return report
-
-
-__all__ = ["KEY_LEASE", "HealthReport", "drain_worker_queue", "run_health_check"]

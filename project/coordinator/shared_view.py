@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 
 from project.core.constants import DISTRIBUTOR
-from project.core.envelope import now_ms
 from project.core.errors import ConflictError
 from project.core.models import SharedAgentState
 from project.core.runtime import Runtime
@@ -33,12 +32,10 @@ def sync_shared_state(rt: Runtime) -> dict[str, str]:
     Returns:
         The status now recorded for each registered distributor.
     """
-    cards, beats, dead = rt.registry.snapshot()
-    oldest = now_ms() - int(rt.settings.heartbeat_timeout_s * 1000)
+    registry = rt.registry.snapshot()
+    cards, dead = registry.cards, registry.dead
     live_workers = sorted(
-        agent_id
-        for agent_id, card in cards.items()
-        if card.tier == "worker" and agent_id not in dead and beats.get(agent_id, 0) >= oldest
+        card.id for card in registry.live_workers(rt.settings.heartbeat_timeout_s)
     )
     recorded: dict[str, str] = {}
     for agent_id, card in sorted(cards.items()):

@@ -1,4 +1,4 @@
-"""Celery tasks of the coordinator tier, on queue ``coordinator``."""
+"""The coordinator tier's Celery tasks (queue ``coordinator``) and its agent bootstep."""
 
 from __future__ import annotations
 
@@ -8,21 +8,12 @@ from typing import Any
 from celery.exceptions import Ignore
 from celery.utils import uuid
 
-from project.coordinator.health import run_health_check
-from project.coordinator.intake import EVENT_GRAPH, SUBMIT_GRAPH
-from project.coordinator.view import CoordinatorViewHooks
+from project.coordinator.intake import take_in
 from project.core.celery_app import app
-from project.core.constants import (
-    COORDINATOR,
-    COORDINATOR_QUEUE,
-    TASK_HEALTH_CHECK,
-    TASK_JOB_EVENT,
-    TASK_SUBMIT,
-)
-from project.core.errors import A2AError, JobError
-from project.core.graph import run_guarded_hop, run_hop
-from project.core.lifecycle import lifecycle_step, tier_card_builder
-from project.core.models import Priority, Skill
+from project.core.constants import TASK_HEALTH_CHECK, TASK_SUBMIT
+from project.core.errors import JobError
+from project.core.hops import Hop, timed_hop
+from project.core.models import Priority
 from project.core.runtime import get_runtime
 
 
@@ -80,6 +71,7 @@ def submit_task(
     Raises (from ``.get()``): UnknownTaskTypeError, InvalidJobError,
     InvalidPayloadError, HandlerError, NoEligibleWorkerError, JobAbandonedError.
     """
+    rt = get_runtime()
     spec = {
         "task_type": task_type,
         "payload": payload,
@@ -88,9 +80,10 @@ def submit_task(
         "deadline_s": deadline_s,
     }
     try:
-        run_hop(SUBMIT_GRAPH, spec, job_id=self.request.id)
+        with timed_hop(rt, Hop.SUBMIT, TASK_SUBMIT):
+            take_in(rt, spec, self.request.id)
     except JobError:
-        get_runtime().jobs.forget_intent(self.request.id)  # answered: the error is the result
+        rt.jobs.forget_intent(self.request.id)  # answered: the error is the result
         raise
     # The result is stored under this task's id by the distributor, later. Our
     # clients send with ignore_result; a raw send_task without it must not have
@@ -99,30 +92,15 @@ def submit_task(
         raise Ignore()
 
 
-@app.task(
-    name=TASK_JOB_EVENT,
-    bind=True,
-    ignore_result=True,
-    store_errors_even_if_ignored=True,
-    throws=(A2AError,),
-)
-def job_event(self: Any, envelope: Any) -> None:
-    """Follow a job's signed final EVENT from the distributor."""
-    run_guarded_hop(EVENT_GRAPH, envelope, task_name=TASK_JOB_EVENT)
-
-
 @app.task(name=TASK_HEALTH_CHECK, ignore_result=True)
 def health_check() -> dict[str, Any]:
-    """Beat-driven: mark silent agents dead, re-route their jobs, re-send stuck jobs."""
-    return asdict(run_health_check(get_runtime()))
+    """Beat-driven supervisor cycle: mark silent agents dead, re-route and re-send jobs."""
+    # Imported here: the graph engine loads in the coordinator that runs the cycle,
+    # not in every app that imports ``project`` to submit a job.
+    from project.coordinator.supervisor import run_supervisor_cycle
+
+    return asdict(run_supervisor_cycle(get_runtime()))
 
 
-build_coordinator_card = tier_card_builder(
-    COORDINATOR,
-    COORDINATOR_QUEUE,
-    "Coordinator agent: takes jobs in, runs health checks",
-    Skill(id="intake", name="intake", description="validate and record jobs"),
-)
-
-
-app.steps["worker"].add(lifecycle_step(COORDINATOR, build_coordinator_card, CoordinatorViewHooks()))
+# By name: the agent (and what only agents need) loads in worker processes alone.
+app.steps["worker"].add("project.coordinator.agent:CoordinatorStep")

@@ -1,7 +1,7 @@
 """The coordinator's live view: how many jobs are in each status, agents in each state.
 
 Kept current from the announcements on ``events:jobs`` and ``events:agents``
-(:mod:`project.core.notifications`). After every (re)subscription the view reads
+(:mod:`project.core.state.notifications`). After every (re)subscription the view reads
 the whole state from Redis in one Lua script, which also publishes a marker on
 the view's own sync channel. A connection delivers messages in the order Redis
 published them, so every announcement that arrives before the marker is already
@@ -16,26 +16,35 @@ import logging
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from redis import Redis
 
+from project.core.a2a.envelope import MessageType, verify
+from project.core.celery_app.bootsteps import AgentHooks
 from project.core.constants import (
     CHANNEL_AGENTS,
     CHANNEL_JOBS,
     CHANNEL_SYNC,
+    COORDINATOR,
     KEY_AGENT_CARDS,
     KEY_AGENT_DEAD,
     KEY_JOB,
     KEY_JOBS_COUNT,
     KEY_JOBS_OPEN,
 )
-from project.core.lifecycle import AgentHooks
+from project.core.errors import A2AError, MalformedEnvelopeError, MisdirectedEnvelopeError
+from project.core.messages import JobEvent
 from project.core.models import FINAL_STATUSES, AgentCard
-from project.core.notifications import Subscriber
 from project.core.runtime import Runtime
+from project.core.state.lua import load_script
+from project.core.state.notifications import Subscriber
 
 log = logging.getLogger("project.coordinator.view")
+
+VIEW_TASK_NAME = "project.coordinator.view"
+"""Where refusals of announced EVENTs are counted (the view is no Celery task)."""
 
 ALIVE = "alive"
 DEAD = "dead"
@@ -43,24 +52,42 @@ _AGENT_STATE = {"registered": ALIVE, "readmitted": ALIVE, "dead": DEAD}
 _STATUSES = frozenset({"PENDING", "ASSIGNED", "IN_PROGRESS"} | {s.value for s in FINAL_STATUSES})
 _FINAL = frozenset(s.value for s in FINAL_STATUSES)
 
-# Unfinished jobs with their status, how many jobs reached each status, agents and
-# the dead set, read atomically; then the marker that separates old news from new.
-_READ_STATE = """
-local open = redis.call('ZRANGE', KEYS[1], 0, -1)
-local jobs = {}
-for _, id in ipairs(open) do
-  local status = redis.call('HGET', ARGV[1] .. id, 'status')
-  if status then
-    jobs[#jobs + 1] = id
-    jobs[#jobs + 1] = status
-  end
-end
-local counts = redis.call('HGETALL', KEYS[2])
-local agents = redis.call('HKEYS', KEYS[3])
-local dead = redis.call('SMEMBERS', KEYS[4])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return {jobs, counts, agents, dead}
-"""
+
+EventCheck = Callable[[str, str, object], bool]
+"""``(job_id, final status, the announced EVENT)`` -> whether to believe the announcement."""
+
+
+def genuine_event_check(rt: Runtime) -> EventCheck:
+    """A check that believes a final announcement only with a valid signed EVENT.
+
+    The EVENT must verify (signature, key, expiry), be addressed to the coordinator,
+    and name the announced job and status. Anything else is refused: counted like
+    every refused envelope, logged, and left out of the view.
+    """
+
+    def check(job_id: str, status: str, raw: object) -> bool:
+        try:
+            if not isinstance(raw, str) or not raw:
+                raise MalformedEnvelopeError("final job announcement without a signed EVENT")
+            try:
+                wire = json.loads(raw)
+            except ValueError:
+                raise MalformedEnvelopeError("announced EVENT is not JSON") from None
+            envelope = verify(wire, rt.keyring, max_bytes=rt.settings.max_payload_bytes)
+            if envelope.type is not MessageType.EVENT or envelope.recipient != COORDINATOR:
+                raise MisdirectedEnvelopeError(
+                    f"coordinator expected an EVENT, got a {envelope.type.value} "
+                    f"for {envelope.recipient!r}"
+                )
+            event = JobEvent.from_payload(envelope.payload)
+            if event.job_id != job_id or event.status.value != status:
+                raise MalformedEnvelopeError("EVENT does not match the job it announces")
+        except A2AError as error:
+            rt.count_refusal(error, VIEW_TASK_NAME)
+            return False
+        return True
+
+    return check
 
 
 def _pairs(flat: list[str]) -> list[tuple[str, str]]:
@@ -75,8 +102,11 @@ class CoordinatorView:
         url: Redis URL for the view's own subscriber connection.
     """
 
-    def __init__(self, redis: Redis, url: str) -> None:
-        self._read_state = redis.register_script(_READ_STATE)
+    def __init__(
+        self, redis: Redis, url: str, event_is_genuine: EventCheck = lambda *_: True
+    ) -> None:
+        self._event_is_genuine = event_is_genuine
+        self._read_state = redis.register_script(load_script("view_read_state"))
         self.view_id = uuid.uuid4().hex
         self._sync_channel = f"{CHANNEL_SYNC}{self.view_id}"
         self._lock = threading.Lock()
@@ -168,7 +198,10 @@ class CoordinatorView:
         if not isinstance(job_id, str) or status not in _STATUSES:
             return
         if status in _FINAL:
-            self._open.pop(job_id, None)
+            if not self._event_is_genuine(job_id, str(status), message.get("event")):
+                return
+            if self._open.pop(job_id, None) is None:
+                return  # not open in this view: a replayed announcement, counted already
             self._finished[str(status)] += 1
         else:
             self._open[job_id] = str(status)
@@ -195,7 +228,9 @@ class CoordinatorViewHooks(AgentHooks):
 
     def after_start(self, runtime: Runtime, card: AgentCard) -> None:
         """Start the view."""
-        self.view = CoordinatorView(runtime.redis, runtime.settings.redis_url).start()
+        self.view = CoordinatorView(
+            runtime.redis, runtime.settings.redis_url, genuine_event_check(runtime)
+        ).start()
 
     def on_heartbeat(self, runtime: Runtime, card: AgentCard) -> None:
         """Copy the current counts into the local state."""

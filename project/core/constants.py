@@ -5,7 +5,17 @@ Queue and task names are contracts: deployment files and users depend on them.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Final
+
+
+class Tier(StrEnum):
+    """The three tiers; an agent's card names its tier, a process may serve several."""
+
+    COORDINATOR = "coordinator"
+    DISTRIBUTOR = "distributor"
+    WORKER = "worker"
+
 
 # Queues (contract).
 COORDINATOR_QUEUE: Final = "coordinator"
@@ -14,15 +24,14 @@ WORKER_QUEUE_PREFIX: Final = "worker."
 
 # Celery task names (contract).
 TASK_SUBMIT: Final = "project.coordinator.submit"
-TASK_JOB_EVENT: Final = "project.coordinator.job_event"
 TASK_HEALTH_CHECK: Final = "project.coordinator.health_check"
 TASK_ASSIGN: Final = "project.distributor.assign"
 TASK_COMPLETE: Final = "project.distributor.complete"
 TASK_EXECUTE: Final = "project.worker.execute"
 
-# Agent identities used as envelope sender / recipient.
-COORDINATOR: Final = "coordinator"
-DISTRIBUTOR: Final = "distributor"
+# Agent identities used as envelope sender / recipient (a tier's agents share one address).
+COORDINATOR: Final = Tier.COORDINATOR.value
+DISTRIBUTOR: Final = Tier.DISTRIBUTOR.value
 APP: Final = "app"
 
 # Redis keys. Everything this system writes lives under these prefixes.
@@ -42,8 +51,10 @@ KEY_SHARED: Final = "shared:distributor:"  # shared:distributor:{id} -> SharedAg
 KEY_LEASE: Final = "lease:"  # lease:{name} -> owner token
 KEY_FENCE: Final = "fence:"  # fence:{name} -> fencing counter (INCR)
 KEY_RUNNING: Final = "agents:running:"  # agents:running:{worker id} -> json job ids it runs
-KEY_SNAPSHOT: Final = "snapshot:"  # snapshot:{agent id} -> LocalAgentState json
 KEY_SHARED_STATS: Final = "stats:shared_state"  # hash: writes, conflicts of optimistic writes
+KEY_STATS_JOBS: Final = "stats:jobs"  # hash: re-routes, stale results, runs of each kind
+KEY_STATS_HEALTH: Final = "stats:health"  # hash: health-check runs and what they did
+KEY_STATS_REFUSED: Final = "stats:a2a:refused"  # hash reason -> envelopes refused
 
 # Pub/sub channels.
 CHANNEL_JOBS: Final = "events:jobs"
@@ -53,7 +64,37 @@ CHANNEL_SYNC: Final = "events:sync:"  # events:sync:{view id} -> one view's resy
 
 PROTOCOL_VERSION: Final = "1.0"
 
+# The modules that register each tier's Celery tasks and agent bootstep.
+TIER_TASK_MODULES: Final = (
+    "project.coordinator.tasks",
+    "project.distributor.tasks",
+    "project.worker.tasks",
+)
+
 
 def worker_queue(worker_id: str) -> str:
     """Return the private queue name of a worker (contract: ``worker.<id>``)."""
     return f"{WORKER_QUEUE_PREFIX}{worker_id}"
+
+
+# --- LangGraph checkpoints (project.core.checkpoint) ---------------------------------------
+# Plain Redis types only, so they work on redis-server 6.2 and 7. One thread (a job id,
+# or agent:{id} for an agent's own state) owns exactly the six keys below. "{T}" is the
+# thread id inside a Redis hash tag (all six share one cluster slot), "ns" the checkpoint
+# namespace ("" for the root graph), "cid" a checkpoint id, "\0" a NUL byte. Namespaces,
+# checkpoint ids and task ids never contain NUL, so every field splits uniquely.
+KEY_CHECKPOINT: Final = "ckpt:"  # prefix of every checkpoint key
+# ckpt:idx:{T} -> zset, all scores 0, members ns\0cid; lex order = checkpoint id order
+KEY_CHECKPOINT_INDEX: Final = "ckpt:idx:"
+# ckpt:cp:{T} -> hash ns\0cid -> msgpack [checkpoint type, bytes, metadata type, bytes, parent]
+KEY_CHECKPOINT_DATA: Final = "ckpt:cp:"
+# ckpt:ref:{T} -> hash ns\0cid -> msgpack array of the ckpt:blob fields that checkpoint reads
+KEY_CHECKPOINT_REFS: Final = "ckpt:ref:"
+# ckpt:blob:{T} -> hash ns\0version\0channel -> msgpack [type, bytes], one channel value
+KEY_CHECKPOINT_BLOBS: Final = "ckpt:blob:"
+# ckpt:wix:{T} -> zset, all scores 0, members ns\0cid\0task_id\0idx (pending writes, in order)
+KEY_CHECKPOINT_WRITES_INDEX: Final = "ckpt:wix:"
+# ckpt:wr:{T} -> hash ns\0cid\0task_id\0idx -> msgpack [channel, type, bytes, task_path]
+KEY_CHECKPOINT_WRITES: Final = "ckpt:wr:"
+# How many checkpoints RedisSaver keeps per thread and namespace unless told otherwise.
+CHECKPOINT_KEEP_LAST: Final = 5

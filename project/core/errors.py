@@ -7,6 +7,8 @@ JSON result serialization and is raised again, as the same class, by
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class AgentsError(Exception):
     """Root of every error this system raises on purpose."""
@@ -116,3 +118,29 @@ class LeaseError(StateError):
 
 class StoreUnavailableError(StateError):
     """Redis could not be reached."""
+
+
+# --- Helpers -----------------------------------------------------------------
+
+
+def job_error_class(name: str) -> type[JobError]:
+    """The :class:`JobError` subclass called ``name``; an unknown name gives HandlerError."""
+    pending: list[type[JobError]] = [JobError]
+    while pending:
+        cls = pending.pop()
+        if cls.__name__ == name:
+            return cls
+        pending.extend(cls.__subclasses__())
+    return HandlerError
+
+
+def describe_validation_error(exc: ValidationError, *, whole: str = "value", limit: int = 5) -> str:
+    """``loc: message`` for the first ``limit`` problems; ``whole`` names an error at the root."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or whole}: {e['msg']}" for e in exc.errors()[:limit]
+    )
+
+
+def invalid_fields(exc: ValidationError) -> str:
+    """The sorted, comma-separated names of the fields a ValidationError is about."""
+    return ", ".join(sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()}))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 
-from project.core.errors import MalformedEnvelopeError
+from project.core.errors import MalformedEnvelopeError, invalid_fields
 from project.core.models import JobStatus, Priority, Requirements
 
 
@@ -23,10 +24,20 @@ class _Message(BaseModel):
         try:
             return cls.model_validate(payload)
         except ValidationError as exc:
-            fields = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
             raise MalformedEnvelopeError(
-                f"{cls.__name__} payload is invalid: {', '.join(fields) or 'wrong type'}"
+                f"{cls.__name__} payload is invalid: {invalid_fields(exc) or 'wrong type'}"
             ) from None
+
+
+class DispatchReason(StrEnum):
+    """Why a job is (re-)dispatched."""
+
+    NEW = "new"
+    """Just submitted."""
+    REROUTE = "reroute"
+    """Its worker died before finishing it."""
+    STUCK = "stuck"
+    """It was never dispatched (a lost message); the health check sends it again."""
 
 
 class DispatchRequest(_Message):
@@ -40,8 +51,8 @@ class DispatchRequest(_Message):
     deadline_ms: int
     expected_epoch: int
     """The job's epoch when the request was made; routing moves it to epoch + 1."""
-    reason: str = "new"
-    """Why: ``new``, ``reroute`` (its worker died) or ``stuck`` (never dispatched)."""
+    reason: DispatchReason = DispatchReason.NEW
+    """Why this dispatch was asked for."""
 
 
 class WorkOrder(_Message):

@@ -10,7 +10,7 @@ Two kinds of figures:
   children, writes its values to files in that folder, and the endpoint sums the files.
   Without it only the serving process's own values are visible, which is wrong for a
   prefork worker. Give each service its own folder (compose and
-  :class:`~project.ops.local.LocalDeployment` do) and keep it for the service's life:
+  :class:`~project.local.deployment.LocalDeployment` do) and keep it for the service's life:
   counters of exited processes stay in their files, so totals never go backwards.
 * **Cluster figures read from Redis at scrape time** (:class:`RedisStateCollector`):
   jobs by status, open jobs, re-routes, redeliveries, refusals as recorded in Redis,
@@ -155,6 +155,7 @@ class RedisStateCollector(Collector):
     def collect(self) -> Iterator[Any]:
         # Imported here: core.models and constants are cheap, but metrics must stay
         # importable from the envelope module without cycles.
+        from project.core.celery_app.broker_keys import broker_keys
         from project.core.constants import (
             COORDINATOR_QUEUE,
             DISTRIBUTOR_QUEUE,
@@ -163,17 +164,18 @@ class RedisStateCollector(Collector):
             KEY_JOBS_COUNT,
             KEY_JOBS_OPEN,
             KEY_SHARED_STATS,
+            KEY_STATS_JOBS,
+            KEY_STATS_REFUSED,
             worker_queue,
         )
-        from project.core.models import PRIORITY_STEPS
 
         up = GaugeMetricFamily("agents_redis_up", "1 if Redis answered the scrape's reads.")
         try:
             pipe = self._redis.pipeline(transaction=False)
             pipe.hgetall(KEY_JOBS_COUNT)
             pipe.zcard(KEY_JOBS_OPEN)
-            pipe.hgetall("stats:jobs")
-            pipe.hgetall("stats:a2a:refused")
+            pipe.hgetall(KEY_STATS_JOBS)
+            pipe.hgetall(KEY_STATS_REFUSED)
             pipe.hgetall(KEY_AGENT_CARDS)
             pipe.smembers(KEY_AGENT_DEAD)
             pipe.hgetall(KEY_SHARED_STATS)
@@ -183,10 +185,11 @@ class RedisStateCollector(Collector):
                 str(c.get("id", agent)) for agent, c in cards.items() if c.get("tier") == "worker"
             )
             queues = [COORDINATOR_QUEUE, DISTRIBUTOR_QUEUE] + [worker_queue(w) for w in worker_ids]
+            keys = broker_keys()
             lists = [
-                (queue, step, queue if step == 0 else f"{queue}:{step}")
+                (queue, step, keys.priority_list(queue, step))
                 for queue in queues
-                for step in PRIORITY_STEPS
+                for step in keys.priority_steps
             ]
             pipe = self._redis.pipeline(transaction=False)
             for _, _, name in lists:
@@ -304,7 +307,7 @@ def scrape_client(url: str) -> Any:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    from project.core.redis_store import client_from_url
+    from project.core.state.connections import client_from_url
 
     return client_from_url(
         url,

@@ -26,11 +26,6 @@ _BROKER_PRIORITY = {Priority.URGENT: 0, Priority.HIGH: 3, Priority.NORMAL: 6, Pr
 PRIORITY_STEPS = sorted(_BROKER_PRIORITY.values())
 
 
-def priority_lists(queue: str) -> list[str]:
-    """The Redis lists kombu keeps for ``queue``, one per priority level (``sep`` ``:``)."""
-    return [queue] + [f"{queue}:{step}" for step in PRIORITY_STEPS if step]
-
-
 class JobStatus(StrEnum):
     """Where a job is. Within one epoch it only moves forward."""
 
@@ -154,7 +149,6 @@ class Task(BaseModel):
     epoch: int
     status: JobStatus
     started_ms: int
-    finished_ms: int | None = None
 
 
 class LocalAgentState(BaseModel):

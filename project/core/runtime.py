@@ -11,39 +11,70 @@ import logging
 import os
 import socket
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Generic, TypeVar
 
 from redis import Redis
 
 from project.core import metrics
+from project.core.a2a.envelope import Envelope, Keyring, MessageType, Signer, verify
+from project.core.a2a.replay import ReplayGuard
 from project.core.constants import (
-    COORDINATOR,
     COORDINATOR_QUEUE,
-    DISTRIBUTOR,
     DISTRIBUTOR_QUEUE,
+    KEY_STATS_REFUSED,
     WORKER_QUEUE_PREFIX,
+    Tier,
 )
-from project.core.envelope import Envelope, Keyring, MessageType, Signer, verify
 from project.core.errors import A2AError, ConfigurationError, MisdirectedEnvelopeError
-from project.core.jobs import JobStore
-from project.core.models import LocalAgentState
-from project.core.redis_store import connect_redis
-from project.core.registry import AgentRegistry
-from project.core.replay import ReplayGuard
+from project.core.models import AgentCard, LocalAgentState
 from project.core.settings import Settings, get_settings
-from project.core.shared_state import SharedStateStore
+from project.core.state.connections import connect_redis
+from project.core.state.jobs import JobStore
+from project.core.state.registry import AgentRegistry
+from project.core.state.shared import SharedStateStore
 
 log = logging.getLogger("project")
 
-KEY_REFUSED = "stats:a2a:refused"
+T = TypeVar("T")
+
+OFFERED_TASK_TYPES_CACHE_S = 1.0
+"""How long the coordinator trusts its list of task types some worker offers."""
+LIVE_WORKERS_CACHE_S = 0.5
+"""How long the distributor trusts its list of live worker cards."""
+
+
+class TimedCache(Generic[T]):
+    """A value read from Redis at most every ``ttl_s`` seconds, shared by a process's threads.
+
+    ``get(fresh=True)`` reads it now: a caller that found the cached value wanting
+    (no worker offers the task type, say) asks again before it refuses.
+    """
+
+    def __init__(self, read: Callable[[], T], ttl_s: float) -> None:
+        self._read = read
+        self._ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._value: T | None = None
+        self._read_at = 0.0
+
+    def get(self, *, fresh: bool = False) -> T:
+        """The cached value, read again if it is older than ``ttl_s`` or ``fresh``."""
+        with self._lock:
+            if fresh or self._value is None or time.monotonic() - self._read_at > self._ttl_s:
+                self._value = self._read()
+                self._read_at = time.monotonic()
+            return self._value
 
 
 @dataclass(frozen=True)
 class AgentIdentity:
     """Which tiers a process serves and, for a worker, its id."""
 
-    tiers: frozenset[str]
+    tiers: frozenset[Tier]
     agent_id: str
     worker_id: str | None = None
 
@@ -54,19 +85,19 @@ class AgentIdentity:
         Raises:
             ConfigurationError: a process consumes more than one worker queue.
         """
-        tiers: set[str] = set()
+        tiers: set[Tier] = set()
         worker_ids = [
             q[len(WORKER_QUEUE_PREFIX) :] for q in queues if q.startswith(WORKER_QUEUE_PREFIX)
         ]
         if len(worker_ids) > 1:
             raise ConfigurationError(f"one worker consumes one worker queue, got {worker_ids}")
         if COORDINATOR_QUEUE in queues:
-            tiers.add(COORDINATOR)
+            tiers.add(Tier.COORDINATOR)
         if DISTRIBUTOR_QUEUE in queues:
-            tiers.add(DISTRIBUTOR)
+            tiers.add(Tier.DISTRIBUTOR)
         worker_id = settings.worker_id or (worker_ids[0] if worker_ids else None)
         if worker_id is not None:
-            tiers.add("worker")
+            tiers.add(Tier.WORKER)
         node = hostname or f"{socket.gethostname()}-{os.getpid()}"
         return cls(frozenset(tiers), agent_id=worker_id or node, worker_id=worker_id)
 
@@ -121,6 +152,24 @@ class Runtime:
         tier = ",".join(sorted(self.identity.tiers)) or "client"
         return LocalAgentState(agent_id=self.identity.agent_id, tier=tier)
 
+    @cached_property
+    def offered_task_types(self) -> TimedCache[frozenset[str]]:
+        """Task types some registered worker offers (the coordinator's intake check)."""
+
+        def read() -> frozenset[str]:
+            cards = self.registry.cards().values()
+            return frozenset(t for c in cards if c.tier == Tier.WORKER for t in c.task_types)
+
+        return TimedCache(read, OFFERED_TASK_TYPES_CACHE_S)
+
+    @cached_property
+    def live_workers(self) -> TimedCache[list[AgentCard]]:
+        """Cards of the live workers (the distributor's routing candidates)."""
+        return TimedCache(
+            lambda: self.registry.live_workers(self.settings.heartbeat_timeout_s),
+            LIVE_WORKERS_CACHE_S,
+        )
+
     def receive(self, raw: object, *, expected: MessageType, recipient: str) -> Envelope:
         """Accept an envelope for this agent: verify it, check its address, claim it.
 
@@ -145,7 +194,7 @@ class Runtime:
         )
         metrics.count_refused(error.reason, task_name)
         try:
-            self.redis.hincrby(KEY_REFUSED, error.reason, 1)
+            self.redis.hincrby(KEY_STATS_REFUSED, error.reason, 1)
         except Exception:  # counting must not hide the refusal itself
             log.exception("could not count a refused envelope")
 

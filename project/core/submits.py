@@ -17,7 +17,7 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from project.core.constants import TASK_SUBMIT
-from project.core.jobs import JobStore
+from project.core.state.jobs import JobStore
 
 
 def publish_submit(

@@ -3,7 +3,7 @@
 A distributor records in ``shared:distributor:{id}`` that it is ``active`` and
 a summary of what it did recently: how many of each event its processes
 recorded in their local histories. Its tasks run in pool child processes, each
-with a local state of its own, so the summary is read from their snapshots
+with a local state of its own, so the summary is read from their checkpointed states
 (saved once per heartbeat interval) and the main process's.
 """
 
@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from project.core.lifecycle import AgentHooks
+from project.core.celery_app.bootsteps import AgentHooks
 from project.core.models import AgentCard, SharedAgentState
 from project.core.runtime import Runtime
-from project.core.snapshots import load_snapshots, snapshot_id_for
+from project.core.state.agent_state import agent_thread_id, load_agent_states
 
 log = logging.getLogger("project.distributor.presence")
 
@@ -25,11 +25,11 @@ STOPPED = "stopped"
 
 def recent_activity(rt: Runtime, agent_id: str, processes: int) -> dict[str, int]:
     """Events by kind in the saved histories of an agent's main process and pool children."""
-    ids = [snapshot_id_for(agent_id, None)] + [
-        snapshot_id_for(agent_id, index) for index in range(processes)
+    ids = [agent_thread_id(agent_id, None)] + [
+        agent_thread_id(agent_id, index) for index in range(processes)
     ]
     counts: Counter[str] = Counter()
-    for state in load_snapshots(rt.redis, ids).values():
+    for state in load_agent_states(rt.redis, ids).values():
         counts.update(str(event.get("event", "unknown")) for event in state.history)
     return dict(sorted(counts.items()))
 

@@ -1,18 +1,15 @@
-"""Celery tasks of the distributor tier, on queue ``distributor``."""
+"""The distributor tier's Celery tasks (queue ``distributor``) and its agent bootstep."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from project.core.celery_app import app
-from project.core.constants import DISTRIBUTOR, DISTRIBUTOR_QUEUE, TASK_ASSIGN, TASK_COMPLETE
+from project.core.constants import TASK_ASSIGN, TASK_COMPLETE
 from project.core.errors import A2AError
-from project.core.graph import run_guarded_hop
-from project.core.lifecycle import lifecycle_step, tier_card_builder
-from project.core.models import Skill
+from project.core.hops import Hop, timed_hop
 from project.core.runtime import get_runtime
-from project.distributor.dispatch import ASSIGN_GRAPH, COMPLETE_GRAPH
-from project.distributor.presence import SharedStateHooks
+from project.distributor.dispatch import Routing, assign_job, record_result
 
 _HOP_OPTIONS: dict[str, Any] = {
     "bind": True,
@@ -27,24 +24,20 @@ _HOP_OPTIONS: dict[str, Any] = {
 @app.task(name=TASK_ASSIGN, max_retries=None, **_HOP_OPTIONS)
 def assign(self: Any, envelope: Any) -> None:
     """Route a signed job REQUEST to one live worker's queue."""
-    state = run_guarded_hop(ASSIGN_GRAPH, envelope, task_name=TASK_ASSIGN)
-    if state.get("reply") == "wait":
-        # No eligible worker yet; try again until the job's deadline.
-        raise self.retry(countdown=get_runtime().settings.assign_retry_s)
+    rt = get_runtime()
+    with timed_hop(rt, Hop.ASSIGN, TASK_ASSIGN):
+        routing = assign_job(rt, envelope)
+    if routing is Routing.WAIT:  # no eligible worker yet; again until the job's deadline
+        raise self.retry(countdown=rt.settings.assign_retry_s)
 
 
 @app.task(name=TASK_COMPLETE, **_HOP_OPTIONS)
 def complete(self: Any, envelope: Any) -> None:
     """Record a worker's signed RESPONSE as the job's result (the link callback)."""
-    run_guarded_hop(COMPLETE_GRAPH, envelope, task_name=TASK_COMPLETE)
+    rt = get_runtime()
+    with timed_hop(rt, Hop.COMPLETE, TASK_COMPLETE):
+        record_result(rt, envelope)
 
 
-build_distributor_card = tier_card_builder(
-    DISTRIBUTOR,
-    DISTRIBUTOR_QUEUE,
-    "Distributor agent: routes jobs to workers and records results",
-    Skill(id="route", name="route", description="route jobs to workers"),
-)
-
-
-app.steps["worker"].add(lifecycle_step(DISTRIBUTOR, build_distributor_card, SharedStateHooks()))
+# By name: the agent (and what only agents need) loads in worker processes alone.
+app.steps["worker"].add("project.distributor.agent:DistributorStep")

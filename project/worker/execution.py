@@ -1,4 +1,10 @@
-"""The worker's graph: verify the work order, start it by epoch, run the handler, report."""
+"""The worker's hop: verify the work order, start it by epoch, run the handler, answer.
+
+A work order runs only if the job's record agrees that this worker holds the
+current epoch (``JobStore.start``): a stale order, or a copy of a finished one,
+is dropped. A job started too many times by workers that died running it (a
+poison job) is answered as abandoned instead of being run again.
+"""
 
 from __future__ import annotations
 
@@ -8,36 +14,35 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from project.core.a2a.envelope import Envelope, MessageType, now_ms
 from project.core.constants import DISTRIBUTOR
-from project.core.envelope import MessageType
 from project.core.errors import (
     HandlerError,
     InvalidPayloadError,
     JobAbandonedError,
     JobError,
     UnknownTaskTypeError,
+    describe_validation_error,
 )
-from project.core.graph import HopState, build_hop_graph
 from project.core.messages import WorkOrder, WorkReport
-from project.core.models import AgentStatus, JobStatus
-from project.core.results import error_to_dict
-from project.core.runtime import get_runtime
+from project.core.models import AgentStatus, JobStatus, Task
+from project.core.runtime import Runtime
+from project.core.state.jobs import StartKind
+from project.core.state.results import error_to_dict
 from project.worker.handlers import HANDLERS
 
 log = logging.getLogger("project.worker")
 
 
-def _verify(state: HopState) -> dict[str, Any]:
-    rt = get_runtime()
+def execute_work_order(rt: Runtime, raw: Any) -> dict[str, Any] | None:
+    """Run a signed work order; return the signed RESPONSE, or None for a dropped order.
+
+    Raises:
+        A2AError: the envelope is refused (it never runs).
+    """
     worker_id = rt.identity.worker_id or ""
-    return {"envelope": rt.receive(state["raw"], expected=MessageType.REQUEST, recipient=worker_id)}
-
-
-def _decide(state: HopState) -> dict[str, Any]:
-    rt = get_runtime()
-    envelope = state["envelope"]
+    envelope = rt.receive(raw, expected=MessageType.REQUEST, recipient=worker_id)
     order: WorkOrder = WorkOrder.from_payload(envelope.payload)
-    worker_id = rt.identity.worker_id or ""
     started = rt.jobs.start(
         order.job_id,
         epoch=order.epoch,
@@ -45,94 +50,102 @@ def _decide(state: HopState) -> dict[str, Any]:
         request=envelope,
         max_runs=rt.settings.max_attempts,
     )
-    if started == "exhausted":
-        return {"decision": "act", "outcome": {"order": order, "poison": True}}
-    if started not in ("run", "rerun"):
+    if started is StartKind.STALE:
         log.info("dropped stale work order", extra={"job_id": order.job_id, "epoch": order.epoch})
-        return {"decision": "drop", "outcome": {"order": order, "why": started}}
-    return {"decision": "act", "outcome": {"order": order}}
+        rt.replay.finish(envelope)  # a dropped order is finished: its copies are replays
+        rt.local_state.record({"job_id": order.job_id, "event": "dropped", "epoch": order.epoch})
+        return None
+    rt.local_state.local_tasks[order.job_id] = Task(
+        job_id=order.job_id,
+        task_type=order.task_type,
+        epoch=order.epoch,
+        status=JobStatus.IN_PROGRESS,
+        started_ms=now_ms(),
+    )
+    report = abandon(rt, order) if started is StartKind.EXHAUSTED else run_handler(rt, order)
+    rt.local_state.local_tasks.pop(order.job_id, None)
+    rt.local_state.record(
+        {"job_id": order.job_id, "event": report.status.value, "ms": report.duration_ms}
+    )
+    # The work order is marked done by the distributor when it records the result,
+    # so a redelivery after a crash before that point still runs.
+    return answer(rt, envelope, report)
 
 
-def _run_handler(order: WorkOrder) -> tuple[JobStatus, Any, dict[str, str] | None]:
-    handler = HANDLERS.get(order.task_type)
-    try:
-        if handler is None:
-            raise UnknownTaskTypeError(f"this worker has no handler for {order.task_type!r}")
-        try:
-            payload = handler.payload_model.model_validate(order.payload)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'payload'}: {e['msg']}"
-                for e in exc.errors()[:5]
-            )
-            raise InvalidPayloadError(f"invalid {order.task_type} payload: {problems}") from None
-        try:
-            return JobStatus.COMPLETED, handler.fn(payload), None
-        except JobError:
-            raise
-        except Exception as exc:
-            log.warning("handler raised", exc_info=True, extra={"job_id": order.job_id})
-            raise HandlerError(
-                f"{order.task_type} handler raised {type(exc).__name__}: {exc}"
-            ) from exc
-    except JobError as error:
-        return JobStatus.FAILED, None, error_to_dict(error)
-
-
-def _act(state: HopState) -> dict[str, Any]:
-    rt = get_runtime()
-    order: WorkOrder = state["outcome"]["order"]
+def run_handler(rt: Runtime, order: WorkOrder) -> WorkReport:
+    """Run the order's handler and report its result, or its typed error."""
     rt.local_state.status = AgentStatus.BUSY
     started = time.perf_counter()
-    status: JobStatus
-    result: Any
-    error: dict[str, str] | None
-    if state["outcome"].get("poison"):
-        abandoned = JobAbandonedError(
-            f"job {order.job_id} abandoned: it was started {rt.settings.max_attempts} times "
-            "and its worker process died each time (a poison job)"
-        )
-        status, result, error = JobStatus.ABANDONED, None, error_to_dict(abandoned)
-    else:
-        status, result, error = _run_handler(order)
-    duration_ms = (time.perf_counter() - started) * 1000
-    rt.local_state.status = AgentStatus.IDLE
-    report = WorkReport(
+    failure: dict[str, str] | None = None
+    try:
+        result, status = call_handler(order), JobStatus.COMPLETED
+    except JobError as error:
+        result, status, failure = None, JobStatus.FAILED, error_to_dict(error)
+    finally:
+        rt.local_state.status = AgentStatus.IDLE
+    return _report(rt, order, status, result, failure, time.perf_counter() - started)
+
+
+def call_handler(order: WorkOrder) -> Any:
+    """The handler's result for the order's validated payload.
+
+    Raises:
+        UnknownTaskTypeError: this worker has no handler for the task type.
+        InvalidPayloadError: the handler's payload model refused the payload.
+        HandlerError: the handler raised (its own JobErrors pass through).
+    """
+    handler = HANDLERS.get(order.task_type)
+    if handler is None:
+        raise UnknownTaskTypeError(f"this worker has no handler for {order.task_type!r}")
+    try:
+        payload = handler.payload_model.model_validate(order.payload)
+    except ValidationError as exc:
+        problems = describe_validation_error(exc, whole="payload")
+        raise InvalidPayloadError(f"invalid {order.task_type} payload: {problems}") from None
+    try:
+        return handler.fn(payload)
+    except JobError:
+        raise
+    except Exception as exc:
+        log.warning("handler raised", exc_info=True, extra={"job_id": order.job_id})
+        raise HandlerError(f"{order.task_type} handler raised {type(exc).__name__}: {exc}") from exc
+
+
+def abandon(rt: Runtime, order: WorkOrder) -> WorkReport:
+    """The report of a poison job: started too often by workers that died running it."""
+    error = JobAbandonedError(
+        f"job {order.job_id} abandoned: it was started {rt.settings.max_attempts} times "
+        "and its worker process died each time (a poison job)"
+    )
+    return _report(rt, order, JobStatus.ABANDONED, None, error_to_dict(error), 0.0)
+
+
+def answer(rt: Runtime, order_envelope: Envelope, report: WorkReport) -> dict[str, Any]:
+    """The signed RESPONSE to a work order, in wire form."""
+    response = rt.signer.reply(
+        order_envelope,
+        MessageType.RESPONSE,
+        report.model_dump(mode="json"),
+        sender=rt.identity.agent_id,
+        recipient=DISTRIBUTOR,
+    )
+    return response.to_wire()
+
+
+def _report(
+    rt: Runtime,
+    order: WorkOrder,
+    status: JobStatus,
+    result: Any,
+    error: dict[str, str] | None,
+    duration_s: float,
+) -> WorkReport:
+    return WorkReport(
         job_id=order.job_id,
         epoch=order.epoch,
         status=status,
         result=result,
         error=error,
         worker_id=rt.identity.worker_id or "",
-        duration_ms=round(duration_ms, 3),
+        duration_ms=round(duration_s * 1000, 3),
     )
-    return {"outcome": {"order": order, "report": report}}
-
-
-def _report(state: HopState) -> dict[str, Any]:
-    rt = get_runtime()
-    envelope = state["envelope"]
-    order: WorkOrder = state["outcome"]["order"]
-    if state.get("decision") != "act":
-        rt.replay.finish(envelope)  # a dropped order is finished: its copies are replays
-        rt.local_state.record({"job_id": order.job_id, "event": "dropped", "epoch": order.epoch})
-        return {"reply": None}
-    report: WorkReport = state["outcome"]["report"]
-    rt.local_state.record(
-        {"job_id": order.job_id, "event": report.status.value, "ms": report.duration_ms}
-    )
-    response = rt.signer.reply(
-        envelope,
-        MessageType.RESPONSE,
-        report.model_dump(mode="json"),
-        sender=rt.identity.agent_id,
-        recipient=DISTRIBUTOR,
-    )
-    # The work order is marked done by the distributor when it records the result,
-    # so a redelivery after a crash before that point still runs.
-    return {"reply": response.to_wire()}
-
-
-EXECUTE_GRAPH = build_hop_graph(
-    "worker.execute", verify=_verify, decide=_decide, act=_act, report=_report
-)

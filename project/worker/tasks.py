@@ -1,4 +1,4 @@
-"""Celery task of the worker tier: ``project.worker.execute`` on queue ``worker.<id>``."""
+"""The worker tier's Celery task (queue ``worker.<id>``) and its agent bootstep."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from celery.exceptions import Ignore
 from project.core.celery_app import app
 from project.core.constants import TASK_EXECUTE
 from project.core.errors import A2AError
-from project.core.graph import run_guarded_hop
-from project.worker.execution import EXECUTE_GRAPH
+from project.core.hops import Hop, timed_hop
+from project.core.runtime import get_runtime
+from project.worker.execution import execute_work_order
 
 
 @app.task(
@@ -25,7 +26,13 @@ from project.worker.execution import EXECUTE_GRAPH
 )
 def execute(self: Any, envelope: Any) -> Any:
     """Run a signed work order; return the signed RESPONSE (sent on as the link callback)."""
-    state = run_guarded_hop(EXECUTE_GRAPH, envelope, task_name=TASK_EXECUTE)
-    if state.get("reply") is None:
+    rt = get_runtime()
+    with timed_hop(rt, Hop.EXECUTE, TASK_EXECUTE):
+        response = execute_work_order(rt, envelope)
+    if response is None:
         raise Ignore()  # a stale order: dropped, no callback
-    return state["reply"]
+    return response
+
+
+# By name: the agent (and what only agents need) loads in worker processes alone.
+app.steps["worker"].add("project.worker.agent:WorkerStep")

@@ -22,7 +22,7 @@ from project.core.metrics import (
     serve_metrics,
 )
 from project.core.models import AgentCard
-from project.ops.embedded_redis import free_port
+from project.local.embedded_redis import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -61,7 +61,7 @@ def test_counters_count_in_this_process() -> None:
 
 
 def test_signing_and_verifying_are_counted() -> None:
-    from project.core.envelope import Keyring, MessageType, Signer, verify
+    from project.core.a2a.envelope import Keyring, MessageType, Signer, verify
 
     keyring = Keyring({"k": b"s" * 32})
     signed_before = REGISTRY.get_sample_value("agents_envelopes_signed_total", {"type": "ACK"})

@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from celery import Celery
 from conftest import redis_url
 from redis import Redis
+from support.polling import wait_for
 
 from project.coordinator.shared_view import sync_shared_state
-from project.core.celery_config import celery_config
+from project.core.celery_app.config import celery_config
 from project.core.constants import TASK_SUBMIT
 from project.core.models import AgentCard, LocalAgentState, SharedAgentState, Skill
-from project.core.redis_store import connect_redis
-from project.core.registry import AgentRegistry
 from project.core.runtime import Runtime
 from project.core.settings import Settings
-from project.core.snapshots import load_snapshot
-from project.ops.embedded_redis import EmbeddedRedis, child_env
-from project.ops.local import LocalDeployment
-from project.ops.topology import default_topology
+from project.core.state.agent_state import agent_thread_id, load_agent_states
+from project.core.state.connections import connect_redis
+from project.core.state.registry import AgentRegistry
+from project.local.deployment import LocalDeployment
+from project.local.embedded_redis import EmbeddedRedis, child_env
+from project.local.topology import default_topology
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -31,14 +31,6 @@ DB = 7
 HOST = socket.gethostname()
 DISTRIBUTOR_ID = f"distributor1@{HOST}"
 COORDINATOR_ID = f"coordinator@{HOST}"
-
-
-def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def card(agent_id: str, tier: str) -> AgentCard:
@@ -52,6 +44,12 @@ def card(agent_id: str, tier: str) -> AgentCard:
         tier=tier,
         queue="x",
     )
+
+
+def load_state(redis: Redis, agent_id: str, process_index: int | None = None) -> Any:
+    """An agent process's last checkpointed local state, or None."""
+    thread = agent_thread_id(agent_id, process_index)
+    return load_agent_states(redis, [thread]).get(thread)
 
 
 def test_coordinator_records_death_and_live_workers(redis_client: Redis) -> None:
@@ -126,13 +124,15 @@ def history_jobs(state: LocalAgentState | None) -> set[str]:
     return {str(e.get("job_id")) for e in state.history} if state else set()
 
 
-def test_agents_save_snapshots_and_restore_them_after_a_restart(
+def test_agents_checkpoint_their_state_and_restore_it_after_a_restart(
     agents: LocalDeployment, client: Celery
 ) -> None:
     redis = connect_redis(redis_url(DB))
     first = set(run_jobs(client, 3))
-    # Tasks run in the worker's pool process 0, which saves a snapshot of its own.
-    wait_for(lambda: first <= history_jobs(load_snapshot(redis, "w9:0")), 20, "w9's snapshot")
+    # Tasks run in the worker's pool process 0, which checkpoints a state of its own.
+    wait_for(
+        lambda: first <= history_jobs(load_state(redis, "w9", 0)), 20, "w9's checkpointed state"
+    )
 
     agents.stop(["w9"])
     agents.start(["w9"])
@@ -140,10 +140,10 @@ def test_agents_save_snapshots_and_restore_them_after_a_restart(
     second = set(run_jobs(client, 1))
 
     def restored_and_continued() -> bool:
-        seen = history_jobs(load_snapshot(redis, "w9:0"))
+        seen = history_jobs(load_state(redis, "w9", 0))
         return first | second <= seen
 
-    wait_for(restored_and_continued, 20, "the restarted worker's snapshot to hold old and new jobs")
+    wait_for(restored_and_continued, 20, "the restarted worker's state to hold old and new jobs")
 
 
 def test_distributor_writes_its_shared_state(agents: LocalDeployment, client: Celery) -> None:
@@ -179,13 +179,13 @@ def test_coordinator_keeps_its_view_current(agents: LocalDeployment, client: Cel
     run_jobs(client, 2)
 
     def view_counts() -> dict[str, Any]:
-        state = load_snapshot(redis, COORDINATOR_ID)
+        state = load_state(redis, COORDINATOR_ID)
         view = state.metadata.get("view") if state else None
         return view if isinstance(view, dict) else {}
 
     wait_for(
         lambda: view_counts().get("jobs", {}).get("COMPLETED") == finished_before + 2,
         20,
-        "the coordinator's view (in its snapshot) to count the finished jobs",
+        "the coordinator's view (in its checkpointed state) to count the finished jobs",
     )
     assert view_counts()["agents"] == {"alive": 3}

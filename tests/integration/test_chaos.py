@@ -1,5 +1,8 @@
 """The chaos suite, small: every fault once, every hand-made bad input, 200 generated ones.
 
+Bad inputs go to every task's queue and, as final job announcements on
+``events:jobs``, to the coordinator's view (20 generated EVENTs among them).
+
 ``make chaos`` runs the full suite (1,000+ jobs, 1,000 generated envelopes). This
 one runs the same code on its own redis-server in a temporary folder (it kills
 that Redis, so it cannot share the session's), with its own settings and keys.
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from project.ops.chaos import run_chaos
+from tools.chaos.chaos import run_chaos
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(280)]
 
@@ -39,6 +42,10 @@ def test_faults_and_bad_inputs_lose_nothing_and_run_nothing(tmp_path: Path) -> N
     assert report["bad_inputs_ran"] == 0, report["changed_targets"]
     assert report["bad_inputs_tried"] >= 200 + 100
     assert report["bad_inputs_refused"] == report["bad_inputs_tried"]
+    assert report["bad_announcements_tried"] >= 20 + 15
+    assert report["bad_announcements_refused"] == report["bad_announcements_tried"]
+    assert report["bad_announcements_believed_by_view"] == 0
+    assert report["announcement_replay_believed_by_view"] is not None
     assert report["handler_executions"] == report["handler_executions_explained"]
     assert report["faults"] == {
         "worker_kill": 1,

@@ -16,7 +16,7 @@ import pytest
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from project.ops.embedded_redis import free_port
+from project.local.embedded_redis import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from project import submit_task
-from project.ops.embedded_redis import child_env, free_port
-from project.ops.local import LocalDeployment
-from project.ops.topology import Service, default_topology
+from project.local.deployment import LocalDeployment
+from project.local.embedded_redis import child_env, free_port
+from project.local.topology import Service, default_topology
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -7,8 +7,8 @@ from conftest import redis_url
 from kombu import Connection, Exchange, Queue
 from redis import Redis
 
-from project.core import kombu_patches
-from project.ops.embedded_redis import EmbeddedRedis
+from project.core.celery_app import kombu_patches
+from project.local.embedded_redis import EmbeddedRedis
 
 pytestmark = pytest.mark.integration
 

@@ -8,16 +8,15 @@ import select
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 
 import pytest
 from conftest import redis_url
 from redis import Redis
+from support.polling import wait_for
 
 from project.core.constants import KEY_LEASE
 from project.core.errors import LeaseError
-from project.core.leases import Lease, LeaseManager
+from project.core.state.leases import Lease, LeaseManager
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -27,8 +26,8 @@ TTL_MS = 500
 _HOLDER = r"""
 import json, sys, time
 from project.core.errors import LeaseError
-from project.core.leases import LeaseManager
-from project.core.redis_store import connect_redis
+from project.core.state.leases import LeaseManager
+from project.core.state.connections import connect_redis
 
 url, name, ttl_ms = sys.argv[1], sys.argv[2], int(sys.argv[3])
 leases = LeaseManager(connect_redis(url))
@@ -50,14 +49,6 @@ while time.monotonic() < deadline:
     time.sleep(0.01)
 sys.exit("never refused")
 """
-
-
-def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def read_line(proc: subprocess.Popen[str], timeout_s: float) -> str:

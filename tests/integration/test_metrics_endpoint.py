@@ -11,10 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from project import submit_many
 from project.core.metrics import serve_metrics
-from project.core.redis_store import connect_redis
-from project.ops.embedded_redis import child_env, free_port
-from project.ops.local import LocalDeployment
-from project.ops.topology import worker_service
+from project.core.state.connections import connect_redis
+from project.local.deployment import LocalDeployment
+from project.local.embedded_redis import child_env, free_port
+from project.local.topology import worker_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

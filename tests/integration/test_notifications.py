@@ -4,36 +4,28 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import redis_url
 from redis import Redis
+from support.polling import wait_for
 
 from project.coordinator.view import CoordinatorView
-from project.core.envelope import Envelope, Keyring, Signer
-from project.core.jobs import JobStore
+from project.core.a2a.envelope import Envelope, Keyring, Signer
 from project.core.models import AgentCard, JobSpec, JobStatus, Skill
-from project.core.notifications import Subscriber
-from project.core.redis_store import connect_redis
-from project.core.registry import AgentRegistry
-from project.ops.embedded_redis import EmbeddedRedis
+from project.core.state.connections import connect_redis
+from project.core.state.jobs import JobStore
+from project.core.state.notifications import Subscriber
+from project.core.state.registry import AgentRegistry
+from project.local.embedded_redis import EmbeddedRedis
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 SIGNER = Signer(Keyring({"test": b"k" * 32}), ttl_s=600)
 SPEC = JobSpec(task_type="compute", payload={"operation": "sum", "values": [1]})
-
-
-def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def card(agent_id: str, tier: str = "worker") -> AgentCard:

@@ -16,7 +16,7 @@ from project import (
     submit_task,
 )
 from project.core.runtime import get_runtime
-from project.ops.local import LocalDeployment
+from project.local.deployment import LocalDeployment
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import pytest
 
 from project import submit_task
 from project.core.runtime import get_runtime
-from project.ops.local import LocalDeployment
+from project.local.deployment import LocalDeployment
 
 pytestmark = pytest.mark.integration
 

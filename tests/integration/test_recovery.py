@@ -7,11 +7,12 @@ restarts what it killed.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +21,19 @@ from celery import Celery
 from celery.result import AsyncResult
 from conftest import redis_url, start_deployment
 from redis import Redis
+from support.polling import wait_for
 
 from project.client import submit_many
-from project.core.celery_config import celery_config
-from project.core.constants import TASK_SUBMIT
+from project.core.celery_app.config import celery_config
+from project.core.constants import KEY_JOB_CHAIN, TASK_SUBMIT
 from project.core.errors import JobAbandonedError
-from project.core.jobs import JobStore
 from project.core.models import JobStatus
-from project.core.redis_store import connect_redis
-from project.core.registry import AgentRegistry
 from project.core.settings import Settings
-from project.ops.embedded_redis import EmbeddedRedis
-from project.ops.local import LocalDeployment
+from project.core.state.connections import connect_redis
+from project.core.state.jobs import JobStore
+from project.core.state.registry import AgentRegistry
+from project.local.deployment import LocalDeployment
+from project.local.embedded_redis import EmbeddedRedis
 
 pytestmark = pytest.mark.integration
 
@@ -63,15 +65,17 @@ class Cluster:
     def stat(self, key: str, field: str) -> int:
         return int(self.redis.hget(key, field) or 0)
 
-
-def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> float:
-    """Poll ``check`` until true; return the seconds it took."""
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
-    return time.monotonic() - started
+    def work_order_senders(self, job_ids: list[str]) -> set[str]:
+        """Distributors (service names) whose work orders for these jobs a worker started."""
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.lrange(KEY_JOB_CHAIN + job_id, 0, -1)
+        links = [json.loads(link) for chain in pipe.execute() for link in chain]
+        return {
+            link["sender"].partition("@")[0]
+            for link in links
+            if link["type"] == "REQUEST" and link["recipient"] in ("w1", "w2", "w3")
+        }
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +216,14 @@ def test_killed_distributor_loses_nothing(cluster: Cluster) -> None:
     results = [
         cluster.submit("compute", {"operation": "sum", "values": [i, 1]}) for i in range(300)
     ]
-    time.sleep(0.2)  # let the stream start flowing through both distributors
+    # Kill distributor1 mid-stream: once both distributors have sent work orders for
+    # this batch (a worker appends each order to its job's causal chain as it starts it).
+    batch = [r.id for r in results]
+    wait_for(
+        lambda: {"distributor1", "distributor2"} <= cluster.work_order_senders(batch),
+        30,
+        "both distributors to dispatch jobs of the batch",
+    )
     cluster.deployment.kill("distributor1")
     _assert_one_result_each(cluster, results, 90)
     assert [r.get(timeout=1)["result"] for r in results] == [i + 1 for i in range(300)]
@@ -228,7 +239,7 @@ def test_poison_job_stops_after_max_attempts(cluster: Cluster) -> None:
 
 
 def test_two_beats_do_not_double_act(cluster: Cluster) -> None:
-    from project.ops.topology import Service
+    from project.local.topology import Service
 
     cluster.deployment.add(
         Service("beat2", ("celery", "-A", "project", "beat", "-l", "INFO"), tier="beat")
@@ -268,7 +279,7 @@ def test_two_beats_do_not_double_act(cluster: Cluster) -> None:
 
 
 def test_lease_makes_concurrent_health_checks_act_once(cluster: Cluster) -> None:
-    from project.coordinator.health import run_health_check
+    from project.coordinator.supervisor import run_supervisor_cycle
     from project.core.runtime import Runtime
 
     runtime = Runtime(Settings(redis_url=redis_url(DB), health_check_interval_s=5))
@@ -277,7 +288,7 @@ def test_lease_makes_concurrent_health_checks_act_once(cluster: Cluster) -> None
 
     def run() -> None:
         barrier.wait()
-        reports.append(run_health_check(runtime))
+        reports.append(run_supervisor_cycle(runtime))
 
     threads = [threading.Thread(target=run) for _ in range(4)]
     cluster.redis.delete("lease:beat:health_check")
@@ -321,7 +332,7 @@ def test_redis_restart_loses_no_acknowledged_job(
 def test_lost_result_on_a_live_worker_is_redispatched(cluster: Cluster) -> None:
     from celery.utils import uuid
 
-    from project.core.envelope import MessageType, now_ms
+    from project.core.a2a.envelope import MessageType, now_ms
     from project.core.models import JobSpec
     from project.core.runtime import Runtime
 
@@ -398,11 +409,11 @@ def test_recovery_with_default_settings(redis_server: EmbeddedRedis, tmp_path: P
 def test_stale_copy_of_a_rerouted_job_is_dropped(cluster: Cluster) -> None:
     from celery.utils import uuid
 
+    from project.core.a2a.envelope import MessageType, now_ms
+    from project.core.a2a.replay import seen_key
     from project.core.constants import TASK_EXECUTE
-    from project.core.envelope import MessageType, now_ms
     from project.core.messages import WorkOrder
     from project.core.models import JobSpec
-    from project.core.replay import seen_key
     from project.core.runtime import Runtime
 
     # The job went to w2 at epoch 1, was re-routed to w3 at epoch 2 and finished there;

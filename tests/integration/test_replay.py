@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from redis import Redis
 
-from project.core.envelope import Envelope, Keyring, MessageType, Signer, now_ms, verify
+from project.core.a2a.envelope import Envelope, Keyring, MessageType, Signer, now_ms, verify
+from project.core.a2a.replay import CLOCK_SKEW_MS, ReplayGuard, marker_ttl_ms, seen_key
 from project.core.errors import ExpiredEnvelopeError, ReplayError, UnknownKeyError
-from project.core.jobs import JobStore
 from project.core.models import JobSpec, JobStatus
-from project.core.replay import CLOCK_SKEW_MS, ReplayGuard, marker_ttl_ms, seen_key
+from project.core.state.jobs import JobStore
 
 pytestmark = pytest.mark.integration
 

@@ -21,17 +21,17 @@ from celery.result import AsyncResult
 from conftest import redis_url, start_deployment
 
 from project import NoEligibleWorkerError, submit_task
-from project.core.celery_config import celery_config
+from project.core.celery_app.config import celery_config
 from project.core.constants import TASK_SUBMIT
-from project.core.jobs import JobStore
 from project.core.models import AgentCard, JobStatus
-from project.core.redis_store import connect_redis
-from project.core.registry import AgentRegistry
 from project.core.runtime import get_runtime
 from project.core.settings import Settings
-from project.ops.embedded_redis import EmbeddedRedis
-from project.ops.local import LocalDeployment
-from project.ops.topology import Service, default_topology, worker_service
+from project.core.state.connections import connect_redis
+from project.core.state.jobs import JobStore
+from project.core.state.registry import AgentRegistry
+from project.local.deployment import LocalDeployment
+from project.local.embedded_redis import EmbeddedRedis
+from project.local.topology import Service, default_topology, worker_service
 
 pytestmark = pytest.mark.integration
 

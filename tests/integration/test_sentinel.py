@@ -9,38 +9,26 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from celery import Celery
 from celery.result import AsyncResult
 from redis import Redis
+from support.polling import wait_for
 
 from project.client import submit_many
-from project.core.celery_config import celery_config
+from project.core.celery_app.config import celery_config
 from project.core.errors import ConfigurationError
-from project.core.jobs import JobStore
-from project.core.redis_store import celery_urls, connect_redis, parse_sentinel_url
 from project.core.settings import Settings
-from project.ops.embedded_redis import EmbeddedRedis, child_env, free_port, redis_server_binary
-from project.ops.local import LocalDeployment
-from project.ops.topology import default_topology
+from project.core.state.connections import celery_urls, connect_redis, parse_sentinel_url
+from project.core.state.jobs import JobStore
+from project.local.deployment import LocalDeployment
+from project.local.embedded_redis import EmbeddedRedis, child_env, free_port, redis_server_binary
+from project.local.topology import default_topology
 
 MASTER = "agents"
-
-
-def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> float:
-    started = time.monotonic()
-    while True:
-        try:
-            if check():
-                return time.monotonic() - started
-        except Exception:
-            pass
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.1)
 
 
 # --- parsing (no server) -------------------------------------------------------------

@@ -14,8 +14,8 @@ from redis import Redis
 from project.core.constants import CHANNEL_SHARED
 from project.core.errors import ConflictError
 from project.core.models import SharedAgentState
-from project.core.redis_store import connect_redis
-from project.core.shared_state import SharedStateStore, shared_key
+from project.core.state.connections import connect_redis
+from project.core.state.shared import SharedStateStore, shared_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -29,8 +29,8 @@ HAMMER_MAX_RETRIES = 1_000
 # One writer process: wait for the start signal, then increment n INCREMENTS times.
 _WRITER = r"""
 import json, sys
-from project.core.redis_store import connect_redis
-from project.core.shared_state import SharedStateStore
+from project.core.state.connections import connect_redis
+from project.core.state.shared import SharedStateStore
 
 url, writer, count, max_retries = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 redis = connect_redis(url)

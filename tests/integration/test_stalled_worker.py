@@ -15,13 +15,13 @@ from celery import Celery
 from conftest import redis_url, start_deployment
 
 from project.client import submit_many
-from project.core.celery_config import celery_config
-from project.core.jobs import JobStore
+from project.core.celery_app.config import celery_config
 from project.core.models import JobStatus
-from project.core.redis_store import connect_redis
 from project.core.settings import Settings
-from project.ops.embedded_redis import EmbeddedRedis
-from project.ops.topology import default_topology
+from project.core.state.connections import connect_redis
+from project.core.state.jobs import JobStore
+from project.local.embedded_redis import EmbeddedRedis
+from project.local.topology import default_topology
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

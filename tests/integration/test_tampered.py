@@ -10,6 +10,7 @@ and that the worker still serves jobs afterwards.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,20 +20,22 @@ from typing import Any
 import pytest
 from celery import signature
 from celery.result import AsyncResult
+from support.polling import wait_for
 
 import project
 from project import submit_task
+from project.core.a2a.envelope import Envelope, Keyring, MessageType, Signer, now_ms
 from project.core.constants import (
+    CHANNEL_JOBS,
     COORDINATOR,
     DISTRIBUTOR,
     DISTRIBUTOR_QUEUE,
+    KEY_STATS_REFUSED,
     TASK_ASSIGN,
     TASK_COMPLETE,
     TASK_EXECUTE,
-    TASK_JOB_EVENT,
     worker_queue,
 )
-from project.core.envelope import Envelope, Keyring, MessageType, Signer, now_ms
 from project.core.errors import (
     A2AError,
     ExpiredEnvelopeError,
@@ -44,8 +47,8 @@ from project.core.errors import (
 )
 from project.core.messages import DispatchRequest, JobEvent, WorkOrder, WorkReport
 from project.core.models import JobRecord, JobSpec, JobStatus, Priority, Requirements
-from project.core.runtime import KEY_REFUSED, get_runtime
-from project.ops.local import LocalDeployment
+from project.core.runtime import get_runtime
+from project.local.deployment import LocalDeployment
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +74,7 @@ class Snapshot:
 
 def snapshot(target: Target) -> Snapshot:
     rt = get_runtime()
-    refused: dict[str, str] = rt.redis.hgetall(KEY_REFUSED)  # type: ignore[assignment]
+    refused: dict[str, str] = rt.redis.hgetall(KEY_STATS_REFUSED)  # type: ignore[assignment]
     return Snapshot(
         record=rt.jobs.get(target.job_id),
         handler_executions=rt.jobs.stats().get("handler_executions", 0),
@@ -95,7 +98,17 @@ def target(deployment: LocalDeployment) -> Iterator[Target]:
     yield Target(job_id, dispatch)
     record = rt.jobs.get(job_id)
     if record is not None and not record.status.is_final:  # leave no open job behind
-        rt.jobs.finish(job_id, epoch=record.epoch, status=JobStatus.ABANDONED)
+        # With its signed EVENT, as the distributor does: the coordinator's view would
+        # count a final announcement without one as refused, during the next test.
+        event = JobEvent(job_id=job_id, epoch=record.epoch, status=JobStatus.ABANDONED)
+        signed = rt.signer.reply(
+            dispatch,
+            MessageType.EVENT,
+            event.model_dump(mode="json"),
+            sender=DISTRIBUTOR,
+            recipient=COORDINATOR,
+        )
+        rt.jobs.finish(job_id, epoch=record.epoch, status=JobStatus.ABANDONED, event=signed)
 
 
 def work_order(
@@ -376,7 +389,6 @@ OTHER_TIERS: dict[str, tuple[str, Callable[[Target], Any], type[A2AError]]] = {
         tampered_dispatch,
         SignatureError,
     ),
-    "coordinator.job_event: a forged EVENT": (TASK_JOB_EVENT, forged_event, UnknownKeyError),
 }
 
 
@@ -397,3 +409,32 @@ def test_other_tiers_refuse_forged_envelopes(
     assert get_runtime().jobs.chain(target.job_id) == chain_before
     assert not AsyncResult(target.job_id, app=project.app).ready()  # no forged result
     assert_worker_serves_jobs(deployment)
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [("forged", UnknownKeyError.reason), ("missing", MalformedEnvelopeError.reason)],
+)
+def test_the_coordinator_view_refuses_unsigned_or_forged_final_announcements(
+    deployment: LocalDeployment, target: Target, case: str, reason: str
+) -> None:
+    """The final EVENT rides pub/sub: a forged or missing one is refused and counted."""
+    rt = get_runtime()
+    event = json.dumps(forged_event(target).to_wire()) if case == "forged" else ""
+    before = snapshot(target).refused.get(reason, 0)
+    announcement = {
+        "job_id": target.job_id,
+        "status": "COMPLETED",
+        "epoch": 1,
+        "assignee": WORKER,
+        "event": event,
+    }
+    rt.redis.publish(CHANNEL_JOBS, json.dumps(announcement))
+    wait_for(
+        lambda: snapshot(target).refused.get(reason, 0) > before,
+        GET_TIMEOUT_S,
+        f"the coordinator's view to refuse a {case} EVENT",
+    )
+    record = rt.jobs.get(target.job_id)
+    assert record is not None and record.status is JobStatus.ASSIGNED  # nothing changed
+    assert deployment.processes["coordinator"].poll() is None  # the coordinator lives on

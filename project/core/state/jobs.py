@@ -1,0 +1,365 @@
+"""Job records in Redis, moved by compare-and-set Lua scripts.
+
+A job's record (hash ``job:{id}``) holds its status, attempt epoch, assignee and,
+once final, its result. Every (re)dispatch bumps the epoch, which rides in the
+worker's envelope as a fencing token: a worker whose epoch is stale drops the
+message, and a completion whose epoch is stale changes nothing. The first valid
+completion is the job's one recorded result.
+
+Within one epoch the status only moves forward
+(ASSIGNED -> IN_PROGRESS -> COMPLETED / FAILED / ABANDONED); a re-dispatch opens
+a new epoch. Every transition is announced on the ``events:jobs`` channel and
+appends the envelope that caused it to the job's causal chain.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from pydantic import JsonValue
+from redis import Redis
+from redis.typing import EncodableT
+
+from project.core.a2a.envelope import Envelope, now_ms
+from project.core.a2a.replay import marker_ttl_ms, seen_key
+from project.core.constants import (
+    CHANNEL_JOBS,
+    KEY_INTENT,
+    KEY_INTENTS,
+    KEY_JOB,
+    KEY_JOB_CHAIN,
+    KEY_JOBS_COUNT,
+    KEY_JOBS_OPEN,
+    KEY_STATS_JOBS,
+    KEY_WORKER_JOBS,
+)
+from project.core.models import JobRecord, JobSpec, JobStatus
+from project.core.state.lua import load_script
+
+
+def chain_link(envelope: Envelope) -> str:
+    """The compact record of one envelope in a job's causal chain (JSON)."""
+    causal = envelope.causal
+    return json.dumps(
+        {
+            "id": envelope.id,
+            "type": envelope.type.value,
+            "sender": envelope.sender,
+            "recipient": envelope.recipient,
+            "request_id": causal.request_id,
+            "parent_request_id": causal.parent_request_id,
+            "sequence_number": causal.sequence_number,
+            "timestamp_ms": causal.timestamp_ms,
+        },
+        separators=(",", ":"),
+    )
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+class AssignKind(StrEnum):
+    """What :meth:`JobStore.assign` did (the values are what its script returns)."""
+
+    OK = "ok"
+    """Assigned: the job is at a new epoch."""
+    REDO = "redo"
+    """This same dispatch message assigned it already (to ``assignee``) but may not
+    have sent the work order."""
+    STALE = "stale"
+    """Someone else moved the job past the expected epoch."""
+    FINAL = "final"
+    """The job is already final."""
+    MISSING = "missing"
+    """There is no such job."""
+    EXHAUSTED = "exhausted"
+    """Its attempts are used up; ``epoch`` is the current one."""
+
+
+class StartKind(StrEnum):
+    """What :meth:`JobStore.start` did (the values are what its script returns)."""
+
+    RUN = "run"
+    """First start of this epoch: run it."""
+    RERUN = "rerun"
+    """A redelivery of the same work order after its worker process died: run it again."""
+    EXHAUSTED = "exhausted"
+    """Started ``max_runs`` times already by workers that died: a poison job."""
+    STALE = "stale"
+    """Another epoch, a final job or no job: drop the order."""
+
+
+class FinishKind(StrEnum):
+    """What :meth:`JobStore.finish` did (the values are what its script returns)."""
+
+    RECORDED = "recorded"
+    """This call recorded the job's one result."""
+    ALREADY = "already"
+    """A result was recorded first; the outcome holds it."""
+    STALE = "stale"
+    """Another epoch: nothing changed."""
+    MISSING = "missing"
+    """There is no such job."""
+
+
+@dataclass(frozen=True, slots=True)
+class AssignOutcome:
+    """What :meth:`JobStore.assign` did, with the epoch and assignee it concerns."""
+
+    kind: AssignKind
+    epoch: int = 0
+    assignee: str = ""
+    status: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FinishOutcome:
+    """What :meth:`JobStore.finish` did; for ``ALREADY`` the fields hold the first result."""
+
+    kind: FinishKind
+    status: str = ""
+    result: JsonValue = None
+    error: dict[str, str] | None = None
+
+
+class JobStore:
+    """Job records in Redis. Every method is one round trip."""
+
+    def __init__(self, redis: Redis, *, result_ttl_s: int) -> None:
+        self._redis = redis
+        self._result_ttl_s = result_ttl_s
+        self._create = redis.register_script(load_script("job_create"))
+        self._assign = redis.register_script(load_script("job_assign"))
+        self._start = redis.register_script(load_script("job_start"))
+        self._finish = redis.register_script(load_script("job_finish"))
+        self._append_once = redis.register_script(load_script("job_chain_append_once"))
+
+    def create(self, job_id: str, spec: JobSpec, *, deadline_ms: int) -> bool:
+        """Record a new PENDING job. False if a job with this id already exists."""
+        now = now_ms()
+        fields: dict[str, Any] = {
+            "id": job_id,
+            "task_type": spec.task_type,
+            "status": JobStatus.PENDING.value,
+            "epoch": 0,
+            "attempts": 0,
+            "assignee": "",
+            "priority": spec.priority.value,
+            "created_ms": now,
+            "updated_ms": now,
+            "deadline_ms": deadline_ms,
+            "payload": _dumps(spec.payload),
+            "requirements": spec.requirements.model_dump_json(),
+        }
+        args: list[Any] = [job_id, now, CHANNEL_JOBS]
+        for name, value in fields.items():
+            args += [name, value]
+        keys = [KEY_JOB + job_id, KEY_JOBS_OPEN, KEY_JOBS_COUNT, KEY_INTENTS, KEY_INTENT + job_id]
+        return bool(self._create(keys=keys, args=args))
+
+    def record_intents(self, calls: dict[str, dict[str, Any]]) -> None:
+        """Remember submit calls (job id -> call) until the coordinator records them.
+
+        A submit message can be lost if Redis dies between a consumer popping it
+        and kombu noting it as unacknowledged; the health check re-publishes
+        intents that never became job records. One round trip for any number.
+        """
+        now = now_ms()
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id, call in calls.items():
+            pipe.set(KEY_INTENT + job_id, _dumps(call), ex=self._result_ttl_s)
+        pipe.zadd(KEY_INTENTS, {job_id: now for job_id in calls})
+        pipe.execute()
+
+    def forget_intent(self, job_id: str) -> None:
+        """Drop a submit intent (the coordinator refused the job, so it is answered)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zrem(KEY_INTENTS, job_id)
+        pipe.delete(KEY_INTENT + job_id)
+        pipe.execute()
+
+    def unrecorded_intents(self, before_ms: int, limit: int = 500) -> dict[str, dict[str, Any]]:
+        """Submit calls older than ``before_ms`` that never became job records.
+
+        Each returned intent's timestamp is moved to now, so it is returned again
+        only if it is still unrecorded one interval later.
+        """
+        ids: list[str] = self._redis.zrangebyscore(  # type: ignore[assignment]
+            KEY_INTENTS, "-inf", before_ms, start=0, num=limit
+        )
+        if not ids:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.exists(KEY_JOB + job_id)
+            pipe.get(KEY_INTENT + job_id)
+        replies = pipe.execute()
+        found: dict[str, dict[str, Any]] = {}
+        cleanup = self._redis.pipeline(transaction=False)
+        for index, job_id in enumerate(ids):
+            exists, call = replies[2 * index], replies[2 * index + 1]
+            if exists or call is None:
+                cleanup.zrem(KEY_INTENTS, job_id)
+                cleanup.delete(KEY_INTENT + job_id)
+            else:
+                found[job_id] = json.loads(call)
+                cleanup.zadd(KEY_INTENTS, {job_id: now_ms()})
+        cleanup.execute()
+        return found
+
+    def assign(
+        self,
+        job_id: str,
+        *,
+        expected_epoch: int,
+        worker_id: str,
+        max_attempts: int,
+        dispatch: Envelope,
+    ) -> AssignOutcome:
+        """Assign the job to ``worker_id`` if its epoch is still ``expected_epoch``."""
+        keys = [KEY_JOB + job_id, KEY_JOBS_OPEN, KEY_JOBS_COUNT, KEY_JOB_CHAIN + job_id]
+        args: list[EncodableT] = [
+            job_id,
+            expected_epoch,
+            worker_id,
+            now_ms(),
+            max_attempts,
+            KEY_WORKER_JOBS,
+            CHANNEL_JOBS,
+            dispatch.id,
+            chain_link(dispatch),
+        ]
+        reply = self._assign(keys=keys, args=args)
+        kind = AssignKind(reply[0])
+        if kind in (AssignKind.OK, AssignKind.STALE, AssignKind.EXHAUSTED):
+            return AssignOutcome(kind, epoch=int(reply[1]))
+        if kind is AssignKind.REDO:
+            return AssignOutcome(kind, epoch=int(reply[1]), assignee=reply[2])
+        if kind is AssignKind.FINAL:
+            return AssignOutcome(kind, status=reply[1])
+        return AssignOutcome(kind)
+
+    def start(
+        self, job_id: str, *, epoch: int, worker_id: str, request: Envelope, max_runs: int
+    ) -> StartKind:
+        """Move ASSIGNED -> IN_PROGRESS for this worker and epoch (see :class:`StartKind`)."""
+        keys = [KEY_JOB + job_id, KEY_JOBS_COUNT, KEY_JOB_CHAIN + job_id, KEY_STATS_JOBS]
+        args: list[EncodableT] = [
+            job_id,
+            epoch,
+            worker_id,
+            now_ms(),
+            request.id,
+            CHANNEL_JOBS,
+            chain_link(request),
+            max_runs,
+        ]
+        reply = str(self._start(keys=keys, args=args))
+        return StartKind(reply) if reply in StartKind.__members__.values() else StartKind.STALE
+
+    def finish(
+        self,
+        job_id: str,
+        *,
+        epoch: int,
+        status: JobStatus,
+        result: JsonValue = None,
+        error: dict[str, str] | None = None,
+        cause: Envelope | None = None,
+        event: Envelope | None = None,
+        done_ids: tuple[str, ...] = (),
+    ) -> FinishOutcome:
+        """Record the job's final status and result, once, if ``epoch`` is current.
+
+        ``cause`` and then ``event`` (the signed EVENT for the coordinator) are
+        appended to the causal chain, and ``event`` rides whole in the final
+        announcement on ``events:jobs``; the envelope ids in ``done_ids`` are marked
+        done for replay protection. All in the same atomic step (markers live as
+        long as ``cause``'s, which is the newest envelope of the chain).
+        """
+        if not status.is_final:
+            raise ValueError(f"{status} is not a final status")
+        done_keys = [seen_key(message_id) for message_id in done_ids]
+        ttl_ms = marker_ttl_ms(cause) if cause is not None else 3_600_000
+        keys = [KEY_JOB + job_id, KEY_JOBS_OPEN, KEY_JOBS_COUNT, KEY_JOB_CHAIN + job_id, *done_keys]
+        args: list[EncodableT] = [
+            job_id,
+            epoch,
+            status.value,
+            _dumps(result),
+            _dumps(error),
+            now_ms(),
+            self._result_ttl_s,
+            KEY_WORKER_JOBS,
+            CHANNEL_JOBS,
+            chain_link(cause) if cause is not None else "",
+            ttl_ms,
+            chain_link(event) if event is not None else "",
+            _dumps(event.to_wire()) if event is not None else "",
+        ]
+        reply = self._finish(keys=keys, args=args)
+        kind = FinishKind(reply[0])
+        if kind is FinishKind.ALREADY:
+            return FinishOutcome(
+                kind,
+                status=reply[1],
+                result=json.loads(reply[2]) if reply[2] else None,
+                error=json.loads(reply[3]) if reply[3] else None,
+            )
+        if kind in (FinishKind.RECORDED, FinishKind.STALE):
+            return FinishOutcome(kind, status=reply[1])
+        return FinishOutcome(kind)
+
+    def append_chain(self, job_id: str, envelope: Envelope) -> bool:
+        """Append an envelope to a job's causal chain, once. False if it is there already.
+
+        Idempotent: the client retries a command whose reply a dying Redis never sent
+        (it may have run), and a redelivered message appends the same envelope again.
+        """
+        return bool(self._append_once(keys=[KEY_JOB_CHAIN + job_id], args=[chain_link(envelope)]))
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """Read a job's record, or None if there is none."""
+        raw: dict[str, str] = self._redis.hgetall(KEY_JOB + job_id)  # type: ignore[assignment]
+        if not raw:
+            return None
+        data: dict[str, Any] = dict(raw)
+        for name in ("payload", "requirements", "result", "error"):
+            if name in data:
+                data[name] = json.loads(data[name])
+        if data.get("requirements") is None:
+            data.pop("requirements", None)
+        if data.get("payload") is None:
+            data.pop("payload", None)
+        return JobRecord.model_validate(data)
+
+    def chain(self, job_id: str) -> list[dict[str, Any]]:
+        """The causal chain of a job, oldest first."""
+        links: list[str] = self._redis.lrange(KEY_JOB_CHAIN + job_id, 0, -1)  # type: ignore[assignment]
+        return [json.loads(link) for link in links]
+
+    def counts(self) -> dict[str, int]:
+        """How many jobs ever reached each status."""
+        raw: dict[str, str] = self._redis.hgetall(KEY_JOBS_COUNT)  # type: ignore[assignment]
+        return {status: int(count) for status, count in raw.items()}
+
+    def stats(self) -> dict[str, int]:
+        """Handler executions and redeliveries counted by the workers."""
+        raw: dict[str, str] = self._redis.hgetall(KEY_STATS_JOBS)  # type: ignore[assignment]
+        return {name: int(count) for name, count in raw.items()}
+
+    def open_jobs_of(self, worker_id: str) -> set[str]:
+        """Unfinished jobs currently assigned to a worker."""
+        members: set[str] = self._redis.smembers(KEY_WORKER_JOBS + worker_id)  # type: ignore[assignment]
+        return members
+
+    def open_jobs_untouched_since(self, before_ms: int, limit: int = 500) -> list[str]:
+        """Unfinished jobs whose record has not changed since ``before_ms``."""
+        ids: list[str] = self._redis.zrangebyscore(  # type: ignore[assignment]
+            KEY_JOBS_OPEN, "-inf", before_ms, start=0, num=limit
+        )
+        return ids

@@ -1,0 +1,23 @@
+-- Record a new PENDING job, unless a record with its id exists already.
+-- Either way the job's submit intent is dropped: the submit has been handled.
+-- Returns 1 if the record was created, 0 if it existed (nothing else changed).
+
+local job_key = KEYS[1]        -- job:{id}
+local open_jobs_key = KEYS[2]  -- jobs:open
+local counts_key = KEYS[3]     -- jobs:count
+local intents_key = KEYS[4]    -- jobs:intents
+local intent_key = KEYS[5]     -- job:intent:{id}
+
+local job_id = ARGV[1]
+local now_ms = ARGV[2]
+local channel = ARGV[3]
+-- ARGV[4..]: field, value, field, value, ... of the new record
+
+redis.call('ZREM', intents_key, job_id)
+redis.call('DEL', intent_key)
+if redis.call('EXISTS', job_key) == 1 then return 0 end
+redis.call('HSET', job_key, unpack(ARGV, 4))
+redis.call('ZADD', open_jobs_key, now_ms, job_id)
+redis.call('HINCRBY', counts_key, 'PENDING', 1)
+redis.call('PUBLISH', channel, cjson.encode({job_id=job_id, status='PENDING', epoch=0}))
+return 1

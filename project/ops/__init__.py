@@ -1,1 +1,0 @@
-"""Running the system locally: an embedded redis-server and the tier processes."""

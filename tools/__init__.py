@@ -1,0 +1,1 @@
+"""Tools beside the product: the benchmark and the fault-injection harness."""

@@ -1,0 +1,1 @@
+"""``make bench``: ours against a bare Celery chain with the same hops."""

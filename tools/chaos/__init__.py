@@ -1,0 +1,1 @@
+"""``make chaos``: faults and bad inputs against a real deployment, with figures."""
