@@ -23,6 +23,7 @@ from project.core.errors import (
     JobError,
     NoEligibleWorkerError,
     UnknownTaskTypeError,
+    WriteRefusedError,
 )
 
 celery = app
@@ -37,6 +38,7 @@ __all__ = [
     "JobError",
     "NoEligibleWorkerError",
     "UnknownTaskTypeError",
+    "WriteRefusedError",
     "app",
     "celery",
     "submit_many",

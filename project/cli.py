@@ -345,6 +345,23 @@ def _queue_depths(redis: Any, queues: list[str]) -> dict[str, dict[int, int]]:
     return {queue: {step: int(next(counts)) for step in keys.priority_steps} for queue in queues}
 
 
+def _redis_memory(redis: Any) -> dict[str, Any] | None:
+    """Redis's memory use against ``maxmemory`` (None if INFO is not allowed)."""
+    try:
+        info = redis.info("memory")
+    except Exception:
+        return None
+    used, limit = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+    policy = str(info.get("maxmemory_policy", ""))
+    return {
+        "used_bytes": used,
+        "maxmemory_bytes": limit,
+        "policy": policy,
+        # With noeviction, Redis refuses writes that could grow it once used > maxmemory.
+        "full": bool(limit) and used >= limit and policy == "noeviction",
+    }
+
+
 def collect_status(redis: Any, settings: Any) -> dict[str, Any]:
     """Everything ``agents status`` shows, as plain data (read from Redis)."""
     from project.core.celery_app.broker_keys import broker_keys
@@ -354,6 +371,7 @@ def collect_status(redis: Any, settings: Any) -> dict[str, Any]:
         KEY_JOBS_OPEN,
         KEY_STATS_REFUSED,
     )
+    from project.core.state.connections import write_refusal
     from project.core.state.jobs import JobStore
     from project.core.state.registry import AgentRegistry
 
@@ -364,12 +382,13 @@ def collect_status(redis: Any, settings: Any) -> dict[str, Any]:
     loads = registry.loads(workers) if workers else {}
     agents = []
     for agent_id, card in sorted(cards.items(), key=lambda kv: (kv[1].tier, kv[0])):
+        mark = snapshot.degraded.get(agent_id) if snapshot.is_degraded(agent_id) else None
         if agent_id in dead:
             health = "dead"
-        elif snapshot.is_live(agent_id, settings.heartbeat_timeout_s):
-            health = "live"
-        else:
+        elif not snapshot.is_live(agent_id, settings.heartbeat_timeout_s):
             health = "silent"
+        else:
+            health = "degraded" if mark is not None else "live"
         agents.append(
             {
                 "id": agent_id,
@@ -381,6 +400,12 @@ def collect_status(redis: Any, settings: Any) -> dict[str, Any]:
                 "heartbeat_age_s": snapshot.heartbeat_age_s(agent_id),
                 "dead": agent_id in dead,
                 "open_jobs": loads.get(agent_id),
+                "degraded": None
+                if mark is None
+                else {
+                    "write_refused_s_ago": round(max(0, snapshot.now_ms - mark.at_ms) / 1000, 1),
+                    "reason": write_refusal(mark.error) or mark.error,
+                },
             }
         )
     queues = [COORDINATOR_QUEUE, DISTRIBUTOR_QUEUE] + [cards[w].queue for w in workers]
@@ -388,6 +413,7 @@ def collect_status(redis: Any, settings: Any) -> dict[str, Any]:
     refused: dict[str, str] = redis.hgetall(KEY_STATS_REFUSED)
     return {
         "agents": agents,
+        "redis_memory": _redis_memory(redis),
         "queues": _queue_depths(redis, queues),
         "unacked": int(redis.hlen(broker_keys().unacked)),
         "jobs": store.counts(),
@@ -415,7 +441,7 @@ def status(
     for column in ("agent", "tier", "host", "queue", "pool", "health", "last heartbeat", "dead"):
         agents.add_column(column)
     agents.add_column("open jobs", justify="right")
-    colors = {"live": "green", "silent": "yellow", "dead": "red"}
+    colors = {"live": "green", "degraded": "magenta", "silent": "yellow", "dead": "red"}
     for agent in report["agents"]:
         agents.add_row(
             agent["id"],
@@ -429,6 +455,24 @@ def status(
             "-" if agent["open_jobs"] is None else str(agent["open_jobs"]),
         )
     out.print(agents if report["agents"] else "[yellow]no agent is registered[/]")
+    for agent in report["agents"]:
+        if agent["degraded"]:
+            out.print(
+                f"[magenta]{agent['id']} is degraded:[/] {agent['degraded']['reason']}, "
+                f"{agent['degraded']['write_refused_s_ago']} s ago; it waits and retries"
+            )
+    memory = report["redis_memory"]
+    if memory and memory["maxmemory_bytes"]:
+        line = (
+            f"Redis memory: {memory['used_bytes'] / 2**20:.1f} MiB used of maxmemory "
+            f"{memory['maxmemory_bytes'] / 2**20:.1f} MiB ({memory['policy']})"
+        )
+        if memory["full"]:
+            line += (
+                " [red]FULL: writes are refused; submits fail, accepted jobs wait. "
+                "Raise maxmemory or free memory.[/]"
+            )
+        out.print(line)
 
     queues = Table(title="queue depths")
     queues.add_column("queue")

@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from project.coordinator.view import CoordinatorViewHooks
-from project.core.celery_app.bootsteps import AgentHooks, AgentStep, tier_card
+from project.core.celery_app.bootsteps import AgentHooks, TierAgentStep
 from project.core.constants import COORDINATOR_QUEUE, Tier
-from project.core.models import AgentCard, Skill
-from project.core.runtime import Runtime
+from project.core.models import Skill
 
 
-class CoordinatorStep(AgentStep):
+class CoordinatorStep(TierAgentStep):
     """Registers the coordinator agent and runs its live view."""
 
     name = "project.coordinator.agent"
     tier: ClassVar[Tier] = Tier.COORDINATOR
     hooks: ClassVar[AgentHooks] = CoordinatorViewHooks()
-
-    def build_card(self, runtime: Runtime, worker: Any) -> AgentCard:
-        """The coordinator's card: one intake skill on queue ``coordinator``."""
-        return tier_card(
-            runtime,
-            worker,
-            tier=self.tier,
-            queue=COORDINATOR_QUEUE,
-            description="Coordinator agent: takes jobs in, runs health checks",
-            skill=Skill(id="intake", name="intake", description="validate and record jobs"),
-        )
+    queue: ClassVar[str] = COORDINATOR_QUEUE
+    description: ClassVar[str] = "Coordinator agent: takes jobs in, runs health checks"
+    skill: ClassVar[Skill] = Skill(
+        id="intake", name="intake", description="validate and record jobs"
+    )

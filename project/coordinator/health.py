@@ -22,6 +22,11 @@ One cycle, under a short lease so that two beats never double-act:
    ``stuck_job_after_s`` belong to a process that died holding them (those tasks
    take milliseconds); they are put back on their queue now instead of after the
    broker's visibility timeout, which must stay longer than the longest job.
+
+Steps 3 and 4 wait while Redis refuses writes and for ``stuck_job_after_s`` after
+the last refusal any agent reported (its degraded mark): until then a job or a
+message that looks stuck is most likely held by a task that waits for Redis to
+take its write, and goes on by itself once it does.
 """
 
 from __future__ import annotations
@@ -188,6 +193,8 @@ class Findings:
     """Submit calls that never became a job record, with their calls."""
     unserved_task_types: tuple[str, ...] = ()
     """Task types of open jobs that no live worker offers."""
+    settling: bool = False
+    """Redis refused writes within ``stuck_job_after_s``: nothing is judged stuck yet."""
 
 
 def assess(rt: Runtime) -> Findings | None:
@@ -218,6 +225,16 @@ def assess(rt: Runtime) -> Findings | None:
         for agent_id in sorted(dead | gone)
     )
     stuck_before = now_ms() - int(settings.stuck_job_after_s * 1000)
+    snapshot = rt.registry.snapshot()
+    refused_ms = snapshot.last_write_refusal_ms()
+    settling = (
+        refused_ms is not None and snapshot.now_ms - refused_ms < settings.stuck_job_after_s * 1000
+    )
+    if settling:  # tasks waiting out refused writes go on by themselves: give them time
+        log.info(
+            "Redis refused writes lately: stuck-job checks wait",
+            extra={"refused_s_ago": round((snapshot.now_ms - (refused_ms or 0)) / 1000, 1)},
+        )
     queue_depths: dict[str, int] = {}
     running: dict[str, set[str] | None] = {}
     stuck = []
@@ -228,7 +245,8 @@ def assess(rt: Runtime) -> Findings | None:
         if c.tier == Tier.WORKER and c.id not in dead
         for t in c.task_types
     }
-    for job_id in rt.jobs.open_jobs_untouched_since(stuck_before):
+    untouched = [] if settling else rt.jobs.open_jobs_untouched_since(stuck_before)
+    for job_id in untouched:
         record = rt.jobs.get(job_id)
         if record is None:
             continue
@@ -247,13 +265,15 @@ def assess(rt: Runtime) -> Findings | None:
         if unsent or lost_order or lost_result:
             stuck.append(record)
     # Only when the coordinator's queue is empty: a backlog may still hold them.
-    intents = rt.jobs.unrecorded_intents(stuck_before) if _idle(rt, COORDINATOR_QUEUE) else {}
+    idle = not settling and _idle(rt, COORDINATOR_QUEUE)
+    intents = rt.jobs.unrecorded_intents(stuck_before) if idle else {}
     return Findings(
         newly_dead=tuple(newly_dead),
         reroutes=reroutes,
         stuck=tuple(stuck),
         intents=tuple(intents.items()),
         unserved_task_types=tuple(sorted(unserved)),
+        settling=settling,
     )
 
 
@@ -287,6 +307,8 @@ def resend(rt: Runtime, findings: Findings) -> tuple[list[str], int]:
     for job_id, call in findings.intents:
         publish_submit(app, job_id, call)
         resent.append(job_id)
+    if findings.settling:  # their tasks may be waiting for Redis to take a write
+        return resent, 0
     return resent, restore_orphaned_tier_messages(rt, rt.settings.stuck_job_after_s)
 
 

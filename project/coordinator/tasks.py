@@ -15,6 +15,7 @@ from project.core.errors import JobError
 from project.core.hops import Hop, timed_hop
 from project.core.models import Priority
 from project.core.runtime import get_runtime
+from project.core.submits import publish_recorded, record_submits
 
 
 class SubmitTask(app.Task):  # type: ignore[misc]
@@ -32,15 +33,24 @@ class SubmitTask(app.Task):  # type: ignore[misc]
         Sent with ``ignore_result`` (see :mod:`project.core.submits`): the job's
         result is stored under the same id by the distributor, and the returned
         AsyncResult waits for it.
+
+        Raises:
+            WriteRefusedError: Redis refused to record the submit (it is full, or a
+                read-only replica): nothing was submitted.
         """
         task_id = task_id or uuid()
-        get_runtime().jobs.record_intents(
-            {task_id: {"args": list(args or ()), "kwargs": dict(kwargs or {})}}
+        record_submits(
+            get_runtime().jobs,
+            {task_id: {"args": list(args or ()), "kwargs": dict(kwargs or {})}},
         )
         options["ignore_result"] = True
-        result = super().apply_async(args, kwargs, task_id=task_id, **options)
-        result.ignored = False
-        return result
+
+        def publish() -> Any:
+            result = super(SubmitTask, self).apply_async(args, kwargs, task_id=task_id, **options)
+            result.ignored = False
+            return result
+
+        return publish_recorded(self.app, task_id, publish)
 
 
 @app.task(

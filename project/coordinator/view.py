@@ -73,7 +73,12 @@ def genuine_event_check(rt: Runtime) -> EventCheck:
                 wire = json.loads(raw)
             except ValueError:
                 raise MalformedEnvelopeError("announced EVENT is not JSON") from None
-            envelope = verify(wire, rt.keyring, max_bytes=rt.settings.max_payload_bytes)
+            envelope = verify(
+                wire,
+                rt.keyring,
+                max_bytes=rt.settings.max_payload_bytes,
+                skew_ms=int(rt.settings.envelope_clock_skew_s * 1000),
+            )
             if envelope.type is not MessageType.EVENT or envelope.recipient != COORDINATOR:
                 raise MisdirectedEnvelopeError(
                     f"coordinator expected an EVENT, got a {envelope.type.value} "

@@ -35,17 +35,15 @@ DISTRIBUTOR: Final = Tier.DISTRIBUTOR.value
 APP: Final = "app"
 
 # Redis keys. Everything this system writes lives under these prefixes.
-KEY_JOB: Final = "job:"  # job:{id} -> hash (the job record)
-KEY_JOB_CHAIN: Final = "job:chain:"  # job:chain:{id} -> list of causal links
+KEY_JOB: Final = "job:"  # job:{id} -> hash (the job record, its causal chain in link:* fields)
 KEY_JOBS_OPEN: Final = "jobs:open"  # zset job id -> updated_ms, unfinished jobs
 KEY_JOBS_COUNT: Final = "jobs:count"  # hash status -> number of jobs that reached it
-KEY_INTENTS: Final = "jobs:intents"  # zset job id -> ms, submitted but not yet recorded
-KEY_INTENT: Final = "job:intent:"  # job:intent:{id} -> the submit call, until recorded
+KEY_INTENTS: Final = "jobs:intents"  # hash job id -> {ms, call}: submitted, not yet recorded
 KEY_WORKER_JOBS: Final = "worker:jobs:"  # worker:jobs:{id} -> set of its unfinished job ids
 KEY_AGENT_CARDS: Final = "agents:cards"  # hash agent id -> AgentCard json
 KEY_AGENT_HEARTBEATS: Final = "agents:heartbeats"  # zset agent id -> last heartbeat ms
 KEY_AGENT_DEAD: Final = "agents:dead"  # set of agent ids marked dead
-KEY_SEEN: Final = "a2a:seen:"  # a2a:seen:{message id} -> "processing" | "done"
+KEY_AGENT_DEGRADED: Final = "agents:degraded"  # hash agent id -> {at_ms, error}: writes refused
 KEY_RR: Final = "routing:rr"  # round-robin counter
 KEY_SHARED: Final = "shared:distributor:"  # shared:distributor:{id} -> SharedAgentState
 KEY_LEASE: Final = "lease:"  # lease:{name} -> owner token

@@ -7,7 +7,12 @@ JSON result serialization and is raised again, as the same class, by
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import ValidationError
+
+if TYPE_CHECKING:  # the envelope module imports this one
+    from project.core.a2a.envelope import Envelope
 
 
 class AgentsError(Exception):
@@ -53,9 +58,22 @@ class SignatureError(A2AError):
 
 
 class ExpiredEnvelopeError(A2AError):
-    """The envelope's expiry is in the past."""
+    """The envelope is outside its validity window: expired, or signed in the future."""
 
     reason = "expired"
+
+
+class LapsedEnvelopeError(ExpiredEnvelopeError):
+    """An authentic envelope (signature and key checked) whose expiry has passed.
+
+    ``envelope`` is the verified envelope: a tier may still act on it when the job's
+    record shows it is the very message the job waits for (it expired in our own
+    queue, behind a backlog), and must refuse it otherwise.
+    """
+
+    def __init__(self, message: str, envelope: Envelope | None = None) -> None:
+        super().__init__(message)
+        self.envelope = envelope  # None once it crossed a process (a result backend)
 
 
 class ReplayError(A2AError):
@@ -97,6 +115,10 @@ class NoEligibleWorkerError(JobError):
     """No live worker could take the job before its deadline."""
 
 
+class DeadlineExceededError(JobError):
+    """The job outlived the deadline its submitter set (``deadline_s``)."""
+
+
 class JobAbandonedError(JobError):
     """The job was given up after too many attempts (a poison job)."""
 
@@ -118,6 +140,11 @@ class LeaseError(StateError):
 
 class StoreUnavailableError(StateError):
     """Redis could not be reached."""
+
+
+class WriteRefusedError(StateError):
+    """Redis refused a write: out of memory (``maxmemory``), a read-only replica, or
+    unable to persist. Raised to an app whose submit could not be recorded."""
 
 
 # --- Helpers -----------------------------------------------------------------

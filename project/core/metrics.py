@@ -3,7 +3,8 @@
 Two kinds of figures:
 
 * **Process counters and histograms** (``agents_envelopes_*``, ``agents_hop_seconds``,
-  ``agents_lease_failures_total``, ``agents_shared_state_conflicts_total``), counted
+  ``agents_lease_failures_total``, ``agents_shared_state_conflicts_total``,
+  ``agents_redis_write_errors_total``), counted
   where things happen. Celery's prefork pool runs tasks in child processes, so these
   use prometheus-client's *multiprocess mode* when ``PROMETHEUS_MULTIPROC_DIR`` is set
   in the environment of the process (before it starts): every process, parent and pool
@@ -58,6 +59,10 @@ ENVELOPES_VERIFIED = Counter(
     "A2A envelopes whose shape, key, signature and expiry checked out, by message type.",
     ["type"],
 )
+ENVELOPES_READMITTED = Counter(
+    "agents_envelopes_readmitted",
+    "Authentic envelopes that expired in a queue while their job still waited for them.",
+)
 ENVELOPES_REFUSED = Counter(
     "agents_envelopes_refused",
     "A2A envelopes refused by a task (they never ran), by reason and task.",
@@ -73,6 +78,12 @@ LEASE_FAILURES = Counter(
     "Lease operations that failed: acquire (held by another), renew or release "
     "(lease lost), fence (stale fencing token).",
     ["lease", "op"],
+)
+REDIS_WRITE_ERRORS = Counter(
+    "agents_redis_write_errors",
+    "Writes Redis refused (out of memory at maxmemory, read-only replica, cannot persist), "
+    "by tier and operation. Each is waited out and retried, not given up.",
+    ["tier", "op"],
 )
 HOP_SECONDS = Histogram(
     "agents_hop_seconds",
@@ -92,6 +103,11 @@ def count_verified(message_type: str) -> None:
     ENVELOPES_VERIFIED.labels(message_type).inc()
 
 
+def count_readmitted() -> None:
+    """Count one expired envelope a hop still acted on (its job waited for it)."""
+    ENVELOPES_READMITTED.inc()
+
+
 def count_refused(reason: str, task: str) -> None:
     """Count one envelope refused by ``task``."""
     ENVELOPES_REFUSED.labels(reason, task).inc()
@@ -105,6 +121,11 @@ def count_conflict(tier: str) -> None:
 def count_lease_failure(lease: str, op: str) -> None:
     """Count one failed lease operation (``acquire``, ``renew``, ``release``, ``fence``)."""
     LEASE_FAILURES.labels(lease, op).inc()
+
+
+def count_write_error(tier: str, op: str) -> None:
+    """Count one write Redis refused (``op``: what the write was for)."""
+    REDIS_WRITE_ERRORS.labels(tier, op).inc()
 
 
 def observe_hop(graph_name: str, seconds: float, outcome: str) -> None:
@@ -204,7 +225,9 @@ class RedisStateCollector(Collector):
         yield up
 
         jobs = CounterMetricFamily(
-            "agents_jobs", "Jobs that reached each status (cluster-wide).", labels=["status"]
+            "agents_jobs",
+            "Jobs created (PENDING) and finished, by final status (cluster-wide).",
+            labels=["status"],
         )
         for status, n in sorted(counts.items()):
             jobs.add_metric([status], float(n))

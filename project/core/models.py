@@ -66,7 +66,9 @@ class JobSpec(BaseModel):
     priority: Priority = Priority.NORMAL
     requirements: Requirements = Field(default_factory=Requirements)
     deadline_s: float | None = Field(default=None, gt=0)
-    """How long the job may wait for an eligible worker (default: the setting)."""
+    """How long the job may wait: for an eligible worker (default: the setting), and, if
+    set, in a backlog (past it, a job whose messages expired in a queue fails with
+    DeadlineExceededError instead of running)."""
 
 
 class JobRecord(BaseModel):
@@ -84,6 +86,8 @@ class JobRecord(BaseModel):
     created_ms: int = 0
     updated_ms: int = 0
     deadline_ms: int = 0
+    deadline_s: float | None = None
+    """The deadline the submitter set, if any (``deadline_ms`` holds it as a time)."""
     payload: dict[str, JsonValue] = Field(default_factory=dict)
     requirements: Requirements = Field(default_factory=Requirements)
     result: JsonValue = None

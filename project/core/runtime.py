@@ -15,13 +15,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from redis import Redis
 
 from project.core import metrics
 from project.core.a2a.envelope import Envelope, Keyring, MessageType, Signer, verify
-from project.core.a2a.replay import ReplayGuard
 from project.core.constants import (
     COORDINATOR_QUEUE,
     DISTRIBUTOR_QUEUE,
@@ -29,7 +28,13 @@ from project.core.constants import (
     WORKER_QUEUE_PREFIX,
     Tier,
 )
-from project.core.errors import A2AError, ConfigurationError, MisdirectedEnvelopeError
+from project.core.errors import (
+    A2AError,
+    ConfigurationError,
+    LapsedEnvelopeError,
+    MisdirectedEnvelopeError,
+    ReplayError,
+)
 from project.core.models import AgentCard, LocalAgentState
 from project.core.settings import Settings, get_settings
 from project.core.state.connections import connect_redis
@@ -45,6 +50,8 @@ OFFERED_TASK_TYPES_CACHE_S = 1.0
 """How long the coordinator trusts its list of task types some worker offers."""
 LIVE_WORKERS_CACHE_S = 0.5
 """How long the distributor trusts its list of live worker cards."""
+WORKER_LOADS_CACHE_S = 0.25
+"""How long the distributor trusts the open-job counts of the live workers."""
 
 
 class TimedCache(Generic[T]):
@@ -127,11 +134,6 @@ class Runtime:
         return Signer(self.keyring, ttl_s=self.settings.envelope_ttl_s)
 
     @cached_property
-    def replay(self) -> ReplayGuard:
-        """Replay protection."""
-        return ReplayGuard(self.redis)
-
-    @cached_property
     def jobs(self) -> JobStore:
         """Job records."""
         return JobStore(self.redis, result_ttl_s=self.settings.result_ttl_s)
@@ -170,21 +172,57 @@ class Runtime:
             LIVE_WORKERS_CACHE_S,
         )
 
+    @cached_property
+    def worker_loads(self) -> TimedCache[dict[str, int]]:
+        """Open jobs per live worker (least-busy routing), counted up locally between reads."""
+        return TimedCache(
+            lambda: self.registry.loads([c.id for c in self.live_workers.get()]),
+            WORKER_LOADS_CACHE_S,
+        )
+
+    def reply(
+        self, cause: Envelope, kind: MessageType, payload: dict[str, Any], *, recipient: str
+    ) -> Envelope:
+        """Sign this agent's ``kind`` reply to ``cause`` for ``recipient`` (same causal chain)."""
+        return self.signer.reply(
+            cause, kind, payload, sender=self.identity.agent_id, recipient=recipient
+        )
+
     def receive(self, raw: object, *, expected: MessageType, recipient: str) -> Envelope:
-        """Accept an envelope for this agent: verify it, check its address, claim it.
+        """Accept an envelope for this agent: verify it and check its address.
+
+        Replays are refused by the hop itself, from the job record it moves anyway
+        (see :func:`replay_of`): a copy of a message for a job that is already
+        final raises ReplayError.
 
         Raises:
-            A2AError: malformed, unknown key, bad signature, expired, replayed, or
+            A2AError: malformed, unknown key, bad signature, expired, or
                 (MisdirectedEnvelopeError) not a ``expected`` for ``recipient``.
+                LapsedEnvelopeError (an ExpiredEnvelopeError) is an authentic,
+                well-addressed envelope that expired: see :func:`project.core.hops.readmit`.
         """
-        envelope = verify(raw, self.keyring, max_bytes=self.settings.max_payload_bytes)
+        try:
+            envelope = verify(
+                raw,
+                self.keyring,
+                max_bytes=self.settings.max_payload_bytes,
+                skew_ms=int(self.settings.envelope_clock_skew_s * 1000),
+            )
+        except LapsedEnvelopeError as lapsed:
+            # Authentic but expired: misdirected first; the hop decides on the rest.
+            if lapsed.envelope is not None:
+                self._check_address(lapsed.envelope, expected, recipient)
+            raise
+        self._check_address(envelope, expected, recipient)
+        return envelope
+
+    @staticmethod
+    def _check_address(envelope: Envelope, expected: MessageType, recipient: str) -> None:
         if envelope.type is not expected or envelope.recipient != recipient:
             raise MisdirectedEnvelopeError(
                 f"{recipient!r} expected a {expected.value}, "
                 f"got a {envelope.type.value} for {envelope.recipient!r}"
             )
-        self.replay.claim(envelope)
-        return envelope
 
     def count_refusal(self, error: A2AError, task_name: str) -> None:
         """Count and log an envelope refused by a task. Never raises."""
@@ -197,6 +235,20 @@ class Runtime:
             self.redis.hincrby(KEY_STATS_REFUSED, error.reason, 1)
         except Exception:  # counting must not hide the refusal itself
             log.exception("could not count a refused envelope")
+
+
+def replay_of(envelope: Envelope, job_id: str, status: str) -> ReplayError:
+    """The error for a copy of a message about a job that is already final.
+
+    The replay rule: a message whose job is final has had every effect it can
+    have, so a copy of it is a replay and is refused; a copy of a message whose
+    job is unfinished is a genuine redelivery (its process died mid-way) and runs,
+    while the job's epoch compare-and-set keeps its result to one. No marker per
+    message is needed: the job record the hop reads anyway decides.
+    """
+    return ReplayError(
+        f"envelope {envelope.id} is about job {job_id}, already {status}: a replay or a late copy"
+    )
 
 
 _lock = threading.Lock()

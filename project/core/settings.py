@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     envelope_ttl_s: float = Field(
         default=3600.0, gt=0, description="Lifetime of a signed envelope before it expires."
     )
+    envelope_clock_skew_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How far the clocks of an envelope's signer and its verifier may differ: "
+        "an envelope is refused only once it expired this long ago, or if it was signed "
+        "more than this far in the verifier's future.",
+    )
     max_payload_bytes: int = Field(
         default=1_048_576, gt=0, description="Largest envelope payload accepted, in bytes."
     )

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from project.core.celery_app.bootsteps import AgentHooks, AgentStep, tier_card
+from project.core.celery_app.bootsteps import AgentHooks, TierAgentStep
 from project.core.constants import DISTRIBUTOR_QUEUE, Tier
-from project.core.models import AgentCard, Skill
-from project.core.runtime import Runtime
+from project.core.models import Skill
 from project.distributor.presence import SharedStateHooks
 
 
-class DistributorStep(AgentStep):
+class DistributorStep(TierAgentStep):
     """Registers a distributor agent and keeps its shared state current."""
 
     name = "project.distributor.agent"
     tier: ClassVar[Tier] = Tier.DISTRIBUTOR
     hooks: ClassVar[AgentHooks] = SharedStateHooks()
-
-    def build_card(self, runtime: Runtime, worker: Any) -> AgentCard:
-        """The distributor's card: one routing skill on queue ``distributor``."""
-        return tier_card(
-            runtime,
-            worker,
-            tier=self.tier,
-            queue=DISTRIBUTOR_QUEUE,
-            description="Distributor agent: routes jobs to workers and records results",
-            skill=Skill(id="route", name="route", description="route jobs to workers"),
-        )
+    queue: ClassVar[str] = DISTRIBUTOR_QUEUE
+    description: ClassVar[str] = "Distributor agent: routes jobs to workers and records results"
+    skill: ClassVar[Skill] = Skill(id="route", name="route", description="route jobs to workers")

@@ -32,10 +32,16 @@ from project.core.constants import (
     TASK_EXECUTE,
     worker_queue,
 )
-from project.core.errors import JobAbandonedError, JobError, NoEligibleWorkerError
+from project.core.errors import (
+    JobAbandonedError,
+    JobError,
+    LapsedEnvelopeError,
+    NoEligibleWorkerError,
+)
+from project.core.hops import deadline_exceeded, lapsed_envelope, readmit
 from project.core.messages import DispatchRequest, JobEvent, WorkOrder, WorkReport
 from project.core.models import JobStatus
-from project.core.runtime import Runtime
+from project.core.runtime import Runtime, replay_of
 from project.core.state.jobs import AssignKind, FinishKind
 from project.core.state.results import error_to_dict, publish_final_result
 from project.distributor.routing import NEEDS_LOAD, NEEDS_SHARED_TURN, Candidate, choose, eligible
@@ -67,8 +73,15 @@ def assign_job(rt: Runtime, raw: Any) -> Routing:
     Raises:
         A2AError: the envelope is refused (it never runs).
     """
-    envelope = rt.receive(raw, expected=MessageType.REQUEST, recipient=DISTRIBUTOR)
-    request: DispatchRequest = DispatchRequest.from_payload(envelope.payload)
+    try:
+        envelope = rt.receive(raw, expected=MessageType.REQUEST, recipient=DISTRIBUTOR)
+        request: DispatchRequest = DispatchRequest.from_payload(envelope.payload)
+    except LapsedEnvelopeError as lapsed:
+        request = DispatchRequest.from_payload(lapsed_envelope(lapsed).payload)
+        envelope, record = readmit(rt, lapsed, job_id=request.job_id, epoch=request.expected_epoch)
+        if (late := deadline_exceeded(record)) is not None:
+            fail_job(rt, job_id=request.job_id, epoch=record.epoch, cause=envelope, error=late)
+            return Routing.FAILED
     worker_id = pick_worker(rt, request)
     if worker_id is None:
         if now_ms() < request.deadline_ms:
@@ -86,7 +99,6 @@ def assign_job(rt: Runtime, raw: Any) -> Routing:
         routing = Routing.FAILED
     else:
         routing = _assign_to(rt, envelope, request, worker_id)
-    rt.replay.finish(envelope)
     rt.local_state.record({"job_id": request.job_id, "event": routing.value})
     return routing
 
@@ -99,10 +111,15 @@ def pick_worker(rt: Runtime, request: DispatchRequest) -> str | None:
     if not cards:
         return None
     strategy = rt.settings.routing_strategy
-    loads = rt.registry.loads([c.id for c in cards]) if strategy in NEEDS_LOAD else {}
+    # Loads are read at most every WORKER_LOADS_CACHE_S and counted up here for each
+    # job routed in between, so a burst still spreads (one read per interval, not per job).
+    loads = rt.worker_loads.get() if strategy in NEEDS_LOAD else {}
     turn = int(rt.redis.incr(KEY_RR)) if strategy in NEEDS_SHARED_TURN else next(_turns)
     candidates = [Candidate(card, loads.get(card.id, 0)) for card in cards]
-    return choose(strategy, candidates, request.requirements, turn=turn, draw=random.random()).id
+    chosen = choose(strategy, candidates, request.requirements, turn=turn, draw=random.random())
+    if strategy in NEEDS_LOAD:
+        loads[chosen.id] = loads.get(chosen.id, 0) + 1
+    return chosen.id
 
 
 def _assign_to(
@@ -122,6 +139,8 @@ def _assign_to(
     if outcome.kind is AssignKind.REDO:  # our own earlier try recorded it, may not have sent it
         send_work_order(rt, request, envelope, outcome.assignee, outcome.epoch)
         return Routing.SENT
+    if outcome.kind is AssignKind.FINAL:
+        raise replay_of(envelope, request.job_id, outcome.status)
     if outcome.kind is AssignKind.EXHAUSTED:
         fail_job(
             rt,
@@ -148,12 +167,8 @@ def send_work_order(
     order = WorkOrder(
         job_id=request.job_id, epoch=epoch, task_type=request.task_type, payload=request.payload
     )
-    work = rt.signer.reply(
-        envelope,
-        MessageType.REQUEST,
-        order.model_dump(mode="json"),
-        sender=rt.identity.agent_id,
-        recipient=worker_id,
+    work = rt.reply(
+        envelope, MessageType.REQUEST, order.model_dump(mode="json"), recipient=worker_id
     )
     # Logs and Flower show a short description of each envelope, not its payload.
     callback = signature(
@@ -180,11 +195,14 @@ def record_result(rt: Runtime, raw: Any) -> FinishKind | None:
     Raises:
         A2AError: the envelope is refused (it never runs).
     """
-    envelope = rt.receive(raw, expected=MessageType.RESPONSE, recipient=DISTRIBUTOR)
-    report: WorkReport = WorkReport.from_payload(envelope.payload)
+    try:
+        envelope = rt.receive(raw, expected=MessageType.RESPONSE, recipient=DISTRIBUTOR)
+        report: WorkReport = WorkReport.from_payload(envelope.payload)
+    except LapsedEnvelopeError as lapsed:  # the work is done: record it if still current
+        report = WorkReport.from_payload(lapsed_envelope(lapsed).payload)
+        envelope, _ = readmit(rt, lapsed, job_id=report.job_id, epoch=report.epoch)
     kind: FinishKind | None = None
     if report.status.is_final:
-        parent = envelope.causal.parent_request_id
         kind = finalize(
             rt,
             job_id=report.job_id,
@@ -193,16 +211,16 @@ def record_result(rt: Runtime, raw: Any) -> FinishKind | None:
             cause=envelope,
             result=report.result,
             error=report.error,
-            # The work order is done once its result is recorded. This RESPONSE is
-            # marked done only after the result is published: a redelivery after a
-            # crash in between must get through to publish the recorded result again.
-            done_ids=(parent,) if parent else (),
             worker_id=report.worker_id,
         )
-    rt.replay.finish(envelope)
     rt.local_state.record(
         {"job_id": report.job_id, "event": kind.value if kind is not None else "dropped"}
     )
+    if kind is FinishKind.ALREADY:
+        # A copy of a RESPONSE whose result is recorded: a replay (or a redelivery
+        # after a crash between recording and publishing, which finalize has healed
+        # by publishing the recorded result again). Refused either way.
+        raise replay_of(envelope, report.job_id, "final")
     return kind
 
 
@@ -221,7 +239,6 @@ def finalize(
     cause: Envelope,
     result: Any = None,
     error: dict[str, str] | None = None,
-    done_ids: tuple[str, ...] = (),
     worker_id: str = "",
 ) -> FinishKind:
     """Record a job's final outcome once, and publish it to the app.
@@ -230,13 +247,12 @@ def finalize(
     announced on pub/sub by the same script that records the result, so it costs
     no Celery task.
     """
-    event = rt.signer.reply(
+    event = rt.reply(
         cause,
         MessageType.EVENT,
         JobEvent(job_id=job_id, epoch=epoch, status=status, worker_id=worker_id).model_dump(
             mode="json"
         ),
-        sender=rt.identity.agent_id,
         recipient=COORDINATOR,
     )
     outcome = rt.jobs.finish(
@@ -247,7 +263,6 @@ def finalize(
         error=error,
         cause=cause,
         event=event,
-        done_ids=done_ids,
     )
     if outcome.kind is FinishKind.RECORDED:
         publish_final_result(app.backend, job_id, status, result, error)

@@ -21,12 +21,14 @@ from project.core.errors import (
     InvalidPayloadError,
     JobAbandonedError,
     JobError,
+    LapsedEnvelopeError,
     UnknownTaskTypeError,
     describe_validation_error,
 )
+from project.core.hops import deadline_exceeded, lapsed_envelope, readmit
 from project.core.messages import WorkOrder, WorkReport
 from project.core.models import AgentStatus, JobStatus, Task
-from project.core.runtime import Runtime
+from project.core.runtime import Runtime, replay_of
 from project.core.state.jobs import StartKind
 from project.core.state.results import error_to_dict
 from project.worker.handlers import HANDLERS
@@ -41,8 +43,18 @@ def execute_work_order(rt: Runtime, raw: Any) -> dict[str, Any] | None:
         A2AError: the envelope is refused (it never runs).
     """
     worker_id = rt.identity.worker_id or ""
-    envelope = rt.receive(raw, expected=MessageType.REQUEST, recipient=worker_id)
-    order: WorkOrder = WorkOrder.from_payload(envelope.payload)
+    try:
+        envelope = rt.receive(raw, expected=MessageType.REQUEST, recipient=worker_id)
+        order: WorkOrder = WorkOrder.from_payload(envelope.payload)
+    except LapsedEnvelopeError as lapsed:
+        order = WorkOrder.from_payload(lapsed_envelope(lapsed).payload)
+        envelope, record = readmit(
+            rt, lapsed, job_id=order.job_id, epoch=order.epoch, worker_id=worker_id
+        )
+        if (late := deadline_exceeded(record)) is not None:
+            return answer(
+                rt, envelope, _report(rt, order, JobStatus.FAILED, None, error_to_dict(late), 0.0)
+            )
     started = rt.jobs.start(
         order.job_id,
         epoch=order.epoch,
@@ -50,9 +62,10 @@ def execute_work_order(rt: Runtime, raw: Any) -> dict[str, Any] | None:
         request=envelope,
         max_runs=rt.settings.max_attempts,
     )
+    if started is StartKind.FINAL:
+        raise replay_of(envelope, order.job_id, "final")
     if started is StartKind.STALE:
         log.info("dropped stale work order", extra={"job_id": order.job_id, "epoch": order.epoch})
-        rt.replay.finish(envelope)  # a dropped order is finished: its copies are replays
         rt.local_state.record({"job_id": order.job_id, "event": "dropped", "epoch": order.epoch})
         return None
     rt.local_state.local_tasks[order.job_id] = Task(
@@ -122,14 +135,9 @@ def abandon(rt: Runtime, order: WorkOrder) -> WorkReport:
 
 def answer(rt: Runtime, order_envelope: Envelope, report: WorkReport) -> dict[str, Any]:
     """The signed RESPONSE to a work order, in wire form."""
-    response = rt.signer.reply(
-        order_envelope,
-        MessageType.RESPONSE,
-        report.model_dump(mode="json"),
-        sender=rt.identity.agent_id,
-        recipient=DISTRIBUTOR,
-    )
-    return response.to_wire()
+    return rt.reply(
+        order_envelope, MessageType.RESPONSE, report.model_dump(mode="json"), recipient=DISTRIBUTOR
+    ).to_wire()
 
 
 def _report(

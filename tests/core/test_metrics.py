@@ -61,20 +61,14 @@ def test_counters_count_in_this_process() -> None:
 
 
 def test_signing_and_verifying_are_counted() -> None:
+    from support.envelopes import bare_envelope
+
     from project.core.a2a.envelope import Keyring, MessageType, Signer, verify
 
     keyring = Keyring({"k": b"s" * 32})
     signed_before = REGISTRY.get_sample_value("agents_envelopes_signed_total", {"type": "ACK"})
     verified_before = REGISTRY.get_sample_value("agents_envelopes_verified_total", {"type": "ACK"})
-    envelope = Signer(keyring, ttl_s=60).sign(
-        MessageType.ACK,
-        sender="a",
-        recipient="b",
-        payload={},
-        origin="a",
-        request_id="r",
-        parent_request_id=None,
-    )
+    envelope = bare_envelope(Signer(keyring, ttl_s=60), MessageType.ACK)
     verify(envelope.to_wire(), keyring, max_bytes=1024)
     assert (
         REGISTRY.get_sample_value("agents_envelopes_signed_total", {"type": "ACK"})

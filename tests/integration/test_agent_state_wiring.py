@@ -10,6 +10,7 @@ import pytest
 from celery import Celery
 from conftest import redis_url
 from redis import Redis
+from support.deployments import deployment_on
 from support.polling import wait_for
 
 from project.coordinator.shared_view import sync_shared_state
@@ -22,7 +23,7 @@ from project.core.state.agent_state import agent_thread_id, load_agent_states
 from project.core.state.connections import connect_redis
 from project.core.state.registry import AgentRegistry
 from project.local.deployment import LocalDeployment
-from project.local.embedded_redis import EmbeddedRedis, child_env
+from project.local.embedded_redis import EmbeddedRedis
 from project.local.topology import default_topology
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -88,18 +89,9 @@ def agents(
     redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LocalDeployment]:
     """Coordinator, one distributor and worker w9, one pool process each, on ``DB``."""
-    connect_redis(redis_url(DB)).flushdb()
-    deployment = LocalDeployment(
-        default_topology(workers=("w9",), distributors=1, concurrency=1, beat=False),
-        env=child_env(AGENTS_REDIS_URL=redis_url(DB)),
-        log_dir=tmp_path_factory.mktemp("agent-state"),
-    )
-    deployment.start()
-    try:
-        deployment.wait_ready(timeout_s=90)
-        yield deployment
-    finally:
-        deployment.stop()
+    services = default_topology(workers=("w9",), distributors=1, concurrency=1, beat=False)
+    with deployment_on(DB, tmp_path_factory.mktemp("agent-state"), services=services) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,14 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from celery import Celery
 from celery.result import AsyncResult
-from conftest import redis_url, start_deployment
+from conftest import redis_url
+from support.deployments import deployment_on
 
 from project import NoEligibleWorkerError, submit_task
 from project.core.celery_app.config import celery_config
@@ -91,22 +92,42 @@ class Cluster:
         self.redis.close()
 
 
-def run_cluster(
-    tmp: Path, db: int, strategy: str, services: list[Service] | None = None
-) -> Iterator[Cluster]:
-    connect_redis(redis_url(db)).flushdb()
-    deployment = start_deployment(tmp, db=db, services=services, AGENTS_ROUTING_STRATEGY=strategy)
-    cluster = Cluster(deployment, db)
-    try:
-        yield cluster
-    finally:
-        cluster.close()
-        deployment.stop()
-
-
-def tiers_with(workers: list[Service]) -> list[Service]:
+def tiers_with(*workers: Service) -> list[Service]:
     """Coordinator and one distributor (no beat), plus ``workers``."""
     return [*default_topology(workers=(), distributors=1, beat=False), *workers]
+
+
+@dataclass(frozen=True)
+class ClusterSetup:
+    """The deployment a test class runs against (its ``SETUP``)."""
+
+    strategy: str
+    """``AGENTS_ROUTING_STRATEGY`` of every process."""
+    db: int
+    """The Redis database of the deployment (its own, flushed first)."""
+    services: list[Service] | None = None
+    """The processes; ``None``: the default topology."""
+
+
+@pytest.fixture(scope="class")
+def cluster(
+    request: pytest.FixtureRequest,
+    redis_server: EmbeddedRedis,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Cluster]:
+    """The deployment of the test class's ``SETUP``, started once for the class."""
+    setup: ClusterSetup = request.cls.SETUP
+    with deployment_on(
+        setup.db,
+        tmp_path_factory.mktemp(setup.strategy),
+        services=setup.services,
+        AGENTS_ROUTING_STRATEGY=setup.strategy,
+    ) as deployment:
+        running = Cluster(deployment, setup.db)
+        try:
+            yield running
+        finally:
+            running.close()
 
 
 # --- least_busy (the session deployment) -------------------------------------------
@@ -140,13 +161,7 @@ def test_least_busy_keeps_jobs_off_a_busy_worker(deployment: LocalDeployment) ->
 
 
 class TestRoundRobin:
-    @pytest.fixture(scope="class")
-    def cluster(
-        self, redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
-    ) -> Iterator[Cluster]:
-        yield from run_cluster(
-            tmp_path_factory.mktemp("round-robin"), DB_ROUND_ROBIN, "round_robin"
-        )
+    SETUP = ClusterSetup("round_robin", DB_ROUND_ROBIN)
 
     def test_sequential_jobs_visit_the_workers_in_turn(self, cluster: Cluster) -> None:
         assignees = []
@@ -173,18 +188,15 @@ class TestRoundRobin:
 class TestCapability:
     """w1 is a GPU specialist, w2 has a GPU and more, w3 has no tags at all."""
 
-    @pytest.fixture(scope="class")
-    def cluster(
-        self, redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
-    ) -> Iterator[Cluster]:
-        workers = [
+    SETUP = ClusterSetup(
+        "capability",
+        DB_CAPABILITY,
+        tiers_with(
             worker_service("w1", tags=("gpu",)),
             worker_service("w2", tags=("gpu", "ssd")),
             worker_service("w3"),
-        ]
-        yield from run_cluster(
-            tmp_path_factory.mktemp("capability"), DB_CAPABILITY, "capability", tiers_with(workers)
-        )
+        ),
+    )
 
     def test_workers_advertise_their_tags(self, cluster: Cluster) -> None:
         cards = cluster.worker_cards()
@@ -229,16 +241,11 @@ class TestCapability:
 
 
 class TestWeighted:
-    @pytest.fixture(scope="class")
-    def cluster(
-        self, redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
-    ) -> Iterator[Cluster]:
-        workers = [
-            worker_service(w, AGENTS_WORKER_WEIGHT=str(weight)) for w, weight in WEIGHTS.items()
-        ]
-        yield from run_cluster(
-            tmp_path_factory.mktemp("weighted"), DB_WEIGHTED, "weighted", tiers_with(workers)
-        )
+    SETUP = ClusterSetup(
+        "weighted",
+        DB_WEIGHTED,
+        tiers_with(*(worker_service(w, AGENTS_WORKER_WEIGHT=str(n)) for w, n in WEIGHTS.items())),
+    )
 
     def test_workers_advertise_their_weights(self, cluster: Cluster) -> None:
         cards = cluster.worker_cards()

@@ -38,7 +38,7 @@ from project.core.constants import (
 )
 from project.core.errors import (
     A2AError,
-    ExpiredEnvelopeError,
+    LapsedEnvelopeError,
     MalformedEnvelopeError,
     MisdirectedEnvelopeError,
     ReplayError,
@@ -133,6 +133,29 @@ def work_order(
         observed_sequence=target.dispatch.causal.sequence_number,
         ttl_ms=ttl_ms,
     )
+
+
+def stale_expired_order(target: Target) -> Envelope:
+    """An authentic work order an hour past its expiry, for an epoch the job is not at."""
+    order = WorkOrder(job_id=target.job_id, epoch=2, task_type="compute", payload=PAYLOAD)
+    return work_order(target, ttl_ms=-3_600_000, payload=order.model_dump(mode="json"))
+
+
+def test_an_expired_order_the_job_waits_for_still_runs(
+    deployment: LocalDeployment, target: Target
+) -> None:
+    """Expired in a queue, but the job's record waits for exactly this order: it runs."""
+    before = snapshot(target)
+    send_to_worker(work_order(target, ttl_ms=-3_600_000).to_wire())
+    wait_for(
+        lambda: snapshot(target).handler_executions == before.handler_executions + 1,
+        GET_TIMEOUT_S,
+        "w1 to run the expired order its job waits for",
+    )
+    after = snapshot(target)
+    assert after.record is not None and after.record.status is JobStatus.IN_PROGRESS
+    assert after.record.epoch == 1 and after.record.attempts == before.record.attempts  # type: ignore[union-attr]
+    assert after.refused == before.refused  # nothing refused
 
 
 def send_to_worker(raw: Any, **options: Any) -> AsyncResult:
@@ -233,7 +256,9 @@ TAMPERED: dict[str, tuple[Callable[[Target], Any], type[A2AError]]] = {
         lambda t: work_order(t, signer=other_key_signer("rogue")),
         UnknownKeyError,
     ),
-    "expired": (lambda t: work_order(t, ttl_ms=-1_000), ExpiredEnvelopeError),
+    # An hour past its expiry, and for an epoch the job is not at: an expired envelope
+    # goes on only if it is the very message its job waits for (hops.readmit).
+    "expired": (lambda t: stale_expired_order(t), LapsedEnvelopeError),
     "addressed to another worker": (
         lambda t: work_order(t, recipient="w2"),
         MisdirectedEnvelopeError,

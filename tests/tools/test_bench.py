@@ -89,9 +89,9 @@ def test_baseline_config_is_json_without_our_queues() -> None:
             "hop: sign envelope",
         ),
         (
-            CHILD + EXECUTE + "Runtime.receive (project/core/runtime.py:1);"
-            "ReplayGuard.claim (project/core/a2a/replay.py:1);Redis.set (redis/commands/core.py:1)",
-            "hop: replay claim/finish (Redis)",
+            CHILD + EXECUTE + "JobStore.start (project/core/state/jobs.py:1);"
+            "Script.__call__ (redis/commands/core.py:1)",
+            "hop: job record Lua (Redis)",
         ),
         (
             CHILD + EXECUTE + "Runtime.receive (project/core/runtime.py:1);"

@@ -49,7 +49,6 @@ RULES: Sequence[Rule] = (
     # Below a hop function (take_in, assign_job, execute_work_order, record_result).
     Rule("hop: sign envelope", (HOP, "Signer.")),
     Rule("hop: verify envelope", (HOP, "verify (project/core/a2a/envelope")),
-    Rule("hop: replay claim/finish (Redis)", (HOP, "ReplayGuard.")),
     Rule("hop: job record Lua (Redis)", (HOP, "JobStore.")),
     Rule("hop: registry reads (Redis)", (HOP, "AgentRegistry.")),
     Rule("hop: result backend store", (HOP, "publish_final_result")),
@@ -68,7 +67,7 @@ RULES: Sequence[Rule] = (
     Rule("task: result to parent (billiard pickle)", ("ForkingPickler.dumps",)),
     Rule("task: callback publish (link)", ("_dispatch_callbacks_and_chain",)),
     Rule("task: logging", ("logging/",)),
-    Rule("task: snapshot timer", ("_SnapshotTimer",)),
+    Rule("task: local state checkpoints", ("_StateTimer",)),
     Rule("task: Celery trace + IPC", ("billiard/",)),
     Rule("task: other", ()),
     # The main process: receiving, events, pool bookkeeping, heartbeats.

@@ -9,8 +9,18 @@ result) while it
   recovery: the time until every unfinished job it held runs elsewhere or is done;
 * SIGKILLs a distributor and restarts it;
 * SIGKILLs redis-server and starts it again on the same AOF;
+* fills Redis up to ``maxmemory`` (``noeviction``) and keeps it full for a while:
+  submits that cannot be recorded fail at the caller, no agent exits, every agent
+  shows degraded; then raises ``maxmemory`` and times until every accepted job is done;
 * SIGSTOPs a worker past the heartbeat limit and SIGCONTs it once its jobs were
   re-routed, so that its late results arrive with a stale epoch and are ignored;
+* SIGSTOPs both distributors for longer than an envelope lives (``AGENTS_ENVELOPE_TTL_S``
+  + ``AGENTS_ENVELOPE_CLOCK_SKEW_S`` + 5 s) while jobs keep coming, then SIGCONTs them:
+  the backlog's envelopes expired in our own queue and are readmitted
+  (``stats:jobs`` ``expired_in_queue``); every job of it completes, at one attempt;
+* runs one more worker (``w4``) with its wall clock 45 s behind, under libfaketime, for
+  the whole run: it is never marked dead, completes jobs and refuses nothing as
+  expired (skipped, with a line saying why, where libfaketime is missing);
 * submits a burst far larger than the workers can take at once;
 * puts bad inputs straight on every tier's queue, and publishes bad final job
   announcements on ``events:jobs`` for the coordinator's view (see
@@ -26,9 +36,9 @@ a bad input, or went otherwise wrong (a process crashed, a recovery timed out).
 
 Run: ``make chaos`` or ``.venv/bin/python -m tools.chaos [--jobs N] [--hypothesis N]``
 (``--help`` lists every option). A full run (1,000 jobs, about 1,200 bad inputs,
-7 faults) takes about two minutes on a 2-core machine, half of it the steady
+8 faults and a skewed worker) takes about three minutes on a 2-core machine, half of it the steady
 stream; ``tests/integration/test_chaos.py`` runs a smaller one (every fault once,
-about 330 bad inputs) in about a minute, and so does
+about 330 bad inputs) in about two minutes, and so does
 ``python -m tools.chaos --jobs 200 --hypothesis 200 --worker-kills 1 --burst-size 40 --rate 5``.
 
 A replayed *genuine* announcement is not a bad input the view can refuse (it keeps
@@ -50,27 +60,31 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
 from celery import Celery
 from pydantic import SecretStr
+from redis import Redis
+from redis.exceptions import OutOfMemoryError
 from rich.console import Console
 from rich.table import Table
 
 from project.core.celery_app import kombu_patches
 from project.core.celery_app.config import celery_config
-from project.core.constants import KEY_JOB, KEY_JOB_CHAIN, KEY_STATS_JOBS, KEY_STATS_REFUSED
+from project.core.constants import KEY_JOB, KEY_STATS_JOBS, KEY_STATS_REFUSED
+from project.core.errors import WriteRefusedError
 from project.core.models import FINAL_STATUSES, JobStatus
 from project.core.runtime import Runtime
 from project.core.settings import Settings
 from project.core.state.agent_state import agent_thread_id, load_agent_states
-from project.core.submits import publish_submit
+from project.core.submits import publish_recorded, publish_submit, record_submits
 from project.local.deployment import LocalDeployment
 from project.local.embedded_redis import EmbeddedRedis, child_env
-from project.local.topology import default_topology
+from project.local.topology import default_topology, worker_service
+from tools.chaos import skew
 from tools.chaos.inputs import (
     ANNOUNCED_STATUS,
     RESULT_KEY_PREFIX,
@@ -78,6 +92,7 @@ from tools.chaos.inputs import (
     Forger,
     Verdict,
     announcement_destination,
+    chain_of,
     destinations,
 )
 
@@ -97,6 +112,25 @@ CHAOS_ENV = {
     "AGENTS_MAX_ATTEMPTS": "3",
     "AGENTS_MAX_PAYLOAD_BYTES": "65536",
     "AGENTS_LOG_LEVEL": "INFO",
+    # Short envelope lifetime and skew allowance, so a backlog outlives its envelopes
+    # in under a minute (the backlog fault).
+    "AGENTS_ENVELOPE_TTL_S": "30",
+    "AGENTS_ENVELOPE_CLOCK_SKEW_S": "5",
+}
+ENVELOPE_TTL_S = float(CHAOS_ENV["AGENTS_ENVELOPE_TTL_S"])
+CLOCK_SKEW_S = float(CHAOS_ENV["AGENTS_ENVELOPE_CLOCK_SKEW_S"])
+
+SKEWED_WORKER = "w4"
+"""The extra worker whose wall clock is off (the clock-skew fault)."""
+SKEW_OFFSET_S = -45
+SKEWED_WORKER_ENV = {
+    # Its clock is 45 s behind, far beyond the deployment's 5 s allowance, so it is the
+    # one that must allow for it: the work orders it gets are signed 45 s in its future
+    # (allowance 60 s), and its RESPONSEs carry its clock, so it signs them for 120 s
+    # (else every one would reach a distributor already expired and be readmitted,
+    # counted as a backlog's). Liveness is on Redis's clock: nothing to set for it.
+    "AGENTS_ENVELOPE_CLOCK_SKEW_S": "60",
+    "AGENTS_ENVELOPE_TTL_S": "120",
 }
 
 T = TypeVar("T")
@@ -122,6 +156,14 @@ class ChaosPlan:
     """SIGKILLs of a distributor, restarted after it was marked dead."""
     redis_restarts: int = 1
     """SIGKILLs of redis-server, started again on the same AOF."""
+    redis_fulls: int = 1
+    """Episodes of a Redis at maxmemory (noeviction), ``redis_full_s`` each."""
+    redis_full_s: float = 10.0
+    """How long Redis stays full in each such episode."""
+    backlogs: int = 1
+    """Episodes of both distributors SIGSTOPped past the envelope lifetime while jobs come."""
+    clock_skew: bool = True
+    """Run one extra worker with its wall clock 45 s behind (libfaketime) the whole run."""
     bursts: int = 1
     """Bursts of ``burst_size`` jobs submitted at once."""
     burst_size: int = 150
@@ -268,6 +310,36 @@ class Cluster:
         self.unexpected_exits: list[dict[str, Any]] = []
         self.expected_late_results = 0
         self.host = socket.gethostname()
+        self.skewed: str | None = SKEWED_WORKER if SKEWED_WORKER in deployment.processes else None
+        """The worker with a skewed clock, if it runs."""
+        self.skewed_marked_dead = 0
+        """Times the watcher saw the skewed worker in the registry's dead set."""
+        self._watching = threading.Event()
+        self._watcher: threading.Thread | None = None
+        if self.skewed is not None:
+            self._watcher = threading.Thread(
+                target=self._watch_skewed, name="chaos-skew-watch", daemon=True
+            )
+            self._watching.set()
+            self._watcher.start()
+
+    def _watch_skewed(self) -> None:
+        """Every 0.25 s: is the skewed worker marked dead? (A dead mark lasts a heartbeat.)"""
+        was_dead = False
+        while self._watching.is_set():
+            try:
+                dead = self.skewed in self.rt.registry.dead_agents()
+            except Exception:  # Redis restarting: look again
+                dead = was_dead
+            if dead and not was_dead:
+                self.skewed_marked_dead += 1
+            was_dead = dead
+            time.sleep(0.25)
+
+    def stop_watching(self) -> None:
+        self._watching.clear()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
 
     # --- submitting and watching ------------------------------------------------------
 
@@ -351,7 +423,7 @@ class Cluster:
 
     def agent_id(self, service: str) -> str:
         """The registry id of a service's agent."""
-        return service if service in WORKERS else f"{service}@{self.host}"
+        return service if service in (*WORKERS, SKEWED_WORKER) else f"{service}@{self.host}"
 
     def wait_agent_ready(self, service: str, timeout_s: float = 90.0) -> None:
         """Until the service's current process has registered and is not marked dead."""
@@ -523,6 +595,190 @@ class Cluster:
             }
         )
 
+    def fill_redis(self, workload: Workload, full_s: float) -> None:
+        """Fill Redis to maxmemory (noeviction) while jobs run; keep it full; raise it again.
+
+        Redis is filled with padding just up to a ``maxmemory`` set a little above
+        what it uses, and topped up again whenever something freed memory, as a
+        growing data set would. Meanwhile an app submits once every 0.2 s and takes
+        a refusal as its answer (the stream's feeder instead retries until its
+        submit is recorded). Then ``maxmemory`` goes back to unlimited, the padding
+        is deleted, and the time until every job accepted so far is final is taken.
+        """
+        admin = Redis(port=self.server.port, password=self.server.password, decode_responses=True)
+        slots = len(WORKERS) * CONCURRENCY
+        self.submit([workload.slow("full", 0.5) for _ in range(2 * slots)])  # in flight
+        limit = int(admin.info("memory")["used_memory"]) + 64 * 1024
+        admin.config_set("maxmemory", str(limit))
+        padding = _top_up(admin, 0)
+        filled = time.monotonic()
+        refused: list[str] = []
+        accepted = 0
+        degraded: set[str] = set()
+        peak = 0
+        try:
+            while time.monotonic() - filled < full_s:
+                padding = _top_up(admin, padding)
+                job = workload.mixed("full")
+                try:
+                    self._submit_once(job)
+                    accepted += 1
+                except WriteRefusedError as error:
+                    refused.append(str(error))
+                snapshot = self.rt.registry.snapshot()
+                degraded |= {a for a in snapshot.cards if snapshot.is_degraded(a)}
+                peak = max(peak, int(admin.info("memory")["used_memory"]))
+                self.check_alive()
+                time.sleep(0.2)
+        finally:
+            admin.config_set("maxmemory", "0")
+        raised = time.monotonic()
+        for start in range(0, padding, 1000):
+            admin.delete(*(f"chaos:padding:{n}" for n in range(start, min(padding, start + 1000))))
+        admin.delete("chaos:padding")
+        with self._lock:
+            ids = list(self.jobs)
+        done = _wait(lambda: not self.unfinished(ids), 120.0, every_s=0.2)
+        done_s = round(time.monotonic() - raised, 2) if done else None
+        if not done:
+            self.problems.append("accepted jobs not done within 120 s of Redis taking writes")
+        if not refused or peak <= limit:
+            self.problems.append("Redis never refused a submit: it was not full")
+        if any("nothing was submitted" not in e for e in refused):
+            self.problems.append("a refused submit did not say that nothing was submitted")
+        agents = {self.agent_id(name) for name in self.deployment.processes if name != "beat"}
+        if not agents <= degraded:
+            self.problems.append(f"not shown degraded while Redis was full: {agents - degraded}")
+        self.faults.append(
+            {
+                "kind": "redis_full",
+                "at_s": round(filled - self.started, 2),
+                "full_s": round(raised - filled, 2),
+                "maxmemory_bytes": limit,
+                "submits_refused": len(refused),
+                "submits_accepted_while_full": accepted,
+                "agents_degraded": len(degraded & agents),
+                "all_done_after_s": done_s,
+            }
+        )
+        admin.close()
+
+    def backlog(self) -> None:
+        """SIGSTOP both distributors past the envelope lifetime while jobs come; SIGCONT.
+
+        The stream keeps submitting meanwhile: the coordinator takes each job in and
+        sends its signed REQUEST to the distributors' queue, where it waits longer than
+        it lives (TTL + skew allowance + 5 s). Workers' RESPONSEs of the jobs in
+        flight wait there too. Once the distributors go on, each of those envelopes is
+        expired yet still the message its job waits for, so it is readmitted
+        (``expired_in_queue``). Figures: the jobs that waited, the readmissions, the
+        time until all of them are final, and their attempts (1 each: a backlog is no
+        failed attempt).
+        """
+        stop_s = ENVELOPE_TTL_S + CLOCK_SKEW_S + 5.0
+        readmitted_before = self.stat(KEY_STATS_JOBS, "expired_in_queue")
+        resends_before = self._resends()
+        with self._lock:
+            before = list(self.jobs)
+        waiting = self.unfinished(before)  # in flight when the distributors stop
+        for name in DISTRIBUTORS:
+            self.deployment.signal(name, signal.SIGSTOP)
+        stopped = time.monotonic()
+        try:
+            while time.monotonic() - stopped < stop_s:
+                time.sleep(0.5)
+        finally:
+            for name in DISTRIBUTORS:
+                self.deployment.signal(name, signal.SIGCONT)
+        resumed = time.monotonic()
+        known = set(before)
+        with self._lock:
+            arrived = [j for j in self.jobs if j not in known]
+        held = waiting + arrived
+        done = _wait(lambda: not self.unfinished(held), 180.0, every_s=0.2)
+        done_s = round(time.monotonic() - resumed, 2) if done else None
+        readmitted = self.stat(KEY_STATS_JOBS, "expired_in_queue") - readmitted_before
+        resends = self._resends() - resends_before
+        attempts: Counter[str] = Counter()
+        for start in range(0, len(held), 1000):
+            pipe = self.rt.redis.pipeline(transaction=False)
+            for job_id in held[start : start + 1000]:
+                pipe.hget(KEY_JOB + job_id, "attempts")
+            attempts.update(str(a or 0) for a in pipe.execute())
+        if not done:
+            self.problems.append("backlog: its jobs not all final within 180 s of SIGCONT")
+        if readmitted == 0:
+            self.problems.append("backlog: no envelope was readmitted: none outlived its TTL")
+        # A readmitted envelope is no failed attempt. The one thing that may add one is
+        # the health check: with this deployment's 5 s AGENTS_STUCK_JOB_AFTER_S, a job
+        # assigned in the surge after SIGCONT whose order still waits in a worker's
+        # prefetch looks lost and is re-sent (a new epoch, a second attempt).
+        extra = sum(n for a, n in attempts.items() if a != "1")
+        if extra > resends:
+            self.problems.append(
+                f"backlog: {extra} jobs took more than one attempt, only {resends} re-sent "
+                f"by the health check: {dict(attempts)}"
+            )
+        agents = [self.agent_id(name) for name in DISTRIBUTORS]
+        if not _wait(lambda: not set(agents) & self.rt.registry.dead_agents(), 60.0):
+            self.problems.append("backlog: a distributor was not re-admitted after SIGCONT")
+        self.faults.append(
+            {
+                "kind": "backlog",
+                "at_s": round(stopped - self.started, 2),
+                "stopped_s": round(resumed - stopped, 2),
+                "envelope_ttl_s": ENVELOPE_TTL_S,
+                "clock_skew_s": CLOCK_SKEW_S,
+                "jobs_in_flight_at_stop": len(waiting),
+                "jobs_queued_during_stop": len(arrived),
+                "envelopes_readmitted": readmitted,
+                "all_done_after_s": done_s,
+                "attempts": dict(sorted(attempts.items())),
+                "resent_by_health_check": resends,
+            }
+        )
+
+    def _resends(self) -> int:
+        """Jobs the health check re-sent so far (re-routed or re-sent as stuck)."""
+        return self.stat(KEY_STATS_JOBS, "rerouted") + self.stat(KEY_STATS_JOBS, "resent_stuck")
+
+    def skew_figures(self) -> dict[str, Any]:
+        """The clock-skew fault's figures, at the end of the run (the worker ran throughout)."""
+        assert self.skewed is not None
+        self.stop_watching()
+        with self._lock:
+            ids = list(self.jobs)
+        done_by = sum(
+            1
+            for status, assignee, _ in self.states(ids).values()
+            if status == JobStatus.COMPLETED.value and assignee == self.skewed
+        )
+        refused = _refused_by(self.deployment.metrics_dir(self.skewed))
+        if self.skewed_marked_dead:
+            self.problems.append(f"clock skew: {self.skewed} was marked dead")
+        if refused.get("expired", 0):
+            self.problems.append(f"clock skew: {self.skewed} refused envelopes as expired")
+        if done_by == 0:
+            self.problems.append(f"clock skew: {self.skewed} completed no job")
+        return {
+            "kind": "clock_skew",
+            "target": self.skewed,
+            "offset_s": SKEW_OFFSET_S,
+            "marked_dead": self.skewed_marked_dead,
+            "jobs_completed": done_by,
+            "refused_expired": refused.get("expired", 0),
+            "refused_by_reason": refused,
+        }
+
+    def _submit_once(self, job: GoodJob) -> None:
+        """Submit as an app that takes a refusal for an answer (WriteRefusedError)."""
+        call = {"args": [job.task_type, job.payload], "kwargs": {"priority": job.priority}}
+        record_submits(self.rt.jobs, {job.id: call})
+        with self._lock:
+            self.jobs[job.id] = job
+        # Recorded: a refused publish is left to the health check, as for any app.
+        publish_recorded(self.client, job.id, lambda: publish_submit(self.client, job.id, call))
+
     def burst(self, workload: Workload, size: int) -> None:
         """Submit ``size`` jobs at once; time until all are done."""
         jobs = [workload.mixed("burst") for _ in range(size)]
@@ -538,6 +794,34 @@ class Cluster:
                 "drain_s": round(time.monotonic() - sent, 2) if drained else None,
             }
         )
+
+
+def _refused_by(metrics_dir: Path) -> dict[str, int]:
+    """Envelopes one service refused, by reason, from its Prometheus multiprocess files."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
+    refused: Counter[str] = Counter()
+    for metric in registry.collect():
+        if metric.name != "agents_envelopes_refused":
+            continue
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                refused[sample.labels["reason"]] += int(sample.value)
+    return dict(refused)
+
+
+def _top_up(admin: Redis, padding: int) -> int:
+    """Write 1 KiB padding keys until Redis refuses; returns how many there are now."""
+    try:
+        while padding < 1_000_000:
+            admin.set(f"chaos:padding:{padding}", "x" * 1024)
+            padding += 1
+    except OutOfMemoryError:
+        pass
+    return padding
 
 
 def _wait(check: Callable[[], bool], timeout_s: float, every_s: float = 0.1) -> bool:
@@ -592,9 +876,13 @@ class Feeder(threading.Thread):
 
 @contextmanager
 def _running_cluster(
-    root: Path, keys: str, console: Console
-) -> Iterator[tuple[EmbeddedRedis, LocalDeployment, Settings]]:
-    """Private Redis and every tier as processes; everything stopped on the way out."""
+    root: Path, keys: str, console: Console, clock_skew: bool = True
+) -> Iterator[tuple[EmbeddedRedis, LocalDeployment, Settings, str | None]]:
+    """Private Redis and every tier as processes; everything stopped on the way out.
+
+    With ``clock_skew``, one more worker runs with its wall clock off (if libfaketime
+    works here); the fourth item yielded says why it does not, else None.
+    """
     server = EmbeddedRedis(root / "redis", appendfsync="always")
     server.start()
     deployment: LocalDeployment | None = None
@@ -615,10 +903,33 @@ def _running_cluster(
             max_attempts=3,
             max_payload_bytes=int(CHAOS_ENV["AGENTS_MAX_PAYLOAD_BYTES"]),
             result_ttl_s=86_400,
+            # What this client signs (bad inputs, replay controls) lives an hour, so none
+            # of them expires behind a queue; the deployment's own envelopes live 30 s.
             envelope_ttl_s=3600.0,
+            envelope_clock_skew_s=CLOCK_SKEW_S,  # as the tiers verify (accepted_by_tier)
         )
+        services = default_topology(workers=WORKERS, distributors=len(DISTRIBUTORS), beat=True)
+        skew_skipped: str | None = "not asked for (--no-clock-skew)"
+        if clock_skew:
+            library = skew.find_libfaketime()
+            shim = skew.write_shim(root / "faketime_shim")
+            if library is None:
+                skew_skipped = (
+                    "libfaketime.so.1 not found (looked under /usr/lib/<multiarch>/faketime, "
+                    "/usr/lib/faketime, /usr/local/lib/faketime): install Debian's 'faketime'"
+                )
+            else:
+                skew_skipped = skew.probe(library, SKEW_OFFSET_S, shim)
+            if skew_skipped is None:
+                assert library is not None
+                faked = skew.skewed_env(library, SKEW_OFFSET_S, shim, env.get("PYTHONPATH"))
+                worker_env = {**faked, **SKEWED_WORKER_ENV}
+                plain = worker_service(SKEWED_WORKER, concurrency=CONCURRENCY)
+                services.append(replace(plain, env={**plain.env, **worker_env}))
+            else:
+                console.log(f"chaos: clock_skew fault SKIPPED: {skew_skipped}")
         deployment = LocalDeployment(
-            default_topology(workers=WORKERS, distributors=len(DISTRIBUTORS), beat=True),
+            services,
             env=env,
             log_dir=root / "logs",
             workdir=root,
@@ -626,7 +937,7 @@ def _running_cluster(
         deployment.start()
         deployment.wait_ready(timeout_s=120)
         console.log(f"chaos: {len(deployment.processes)} processes up; logs in {root / 'logs'}")
-        yield server, deployment, settings
+        yield server, deployment, settings, skew_skipped
     finally:
         if deployment is not None:
             deployment.stop()
@@ -642,6 +953,10 @@ def run_chaos(
     worker_stops: int = 1,
     distributor_kills: int = 1,
     redis_restarts: int = 1,
+    redis_fulls: int = 1,
+    redis_full_s: float = 10.0,
+    backlogs: int = 1,
+    clock_skew: bool = True,
     bursts: int = 1,
     burst_size: int | None = None,
     rate_per_s: float = 8.0,
@@ -665,6 +980,10 @@ def run_chaos(
         worker_stops=worker_stops,
         distributor_kills=distributor_kills,
         redis_restarts=redis_restarts,
+        redis_fulls=redis_fulls,
+        redis_full_s=redis_full_s,
+        backlogs=backlogs,
+        clock_skew=clock_skew,
         bursts=bursts,
         burst_size=burst_size if burst_size is not None else max(40, jobs // 7),
         rate_per_s=rate_per_s,
@@ -685,7 +1004,12 @@ def _run(plan: ChaosPlan, workdir: Path | None, console: Console) -> dict[str, A
     workload = Workload(plan.seed)
     holds = 2 * len(WORKERS) * CONCURRENCY * (plan.worker_kills + plan.worker_stops)
     stream = max(0, plan.jobs - holds - plan.bursts * plan.burst_size)
-    with _running_cluster(root, keys, console) as (server, deployment, settings):
+    with _running_cluster(root, keys, console, plan.clock_skew) as (
+        server,
+        deployment,
+        settings,
+        skew_skipped,
+    ):
         cluster = Cluster(server, deployment, settings)
         rate = plan.rate_per_s
         feeder = Feeder(cluster, workload, stream, rate)
@@ -722,8 +1046,14 @@ def _run(plan: ChaosPlan, workdir: Path | None, console: Console) -> dict[str, A
             _wait(lambda: not cluster.unfinished(), plan.drain_timeout_s, every_s=0.5)
             cluster.check_alive()
             changed_late = forger.changed_targets()
+            if cluster.skewed is not None:
+                cluster.faults.append(cluster.skew_figures())
             report = _report(cluster, plan, verdict, view, controls, changed_late, rate)
+            report["skipped_faults"] = (
+                {"clock_skew": skew_skipped} if plan.clock_skew and skew_skipped else {}
+            )
         finally:
+            cluster.stop_watching()
             feeder.stop_event.set()
             feeder.join(timeout=30)
     report["duration_s"] = round(time.monotonic() - began, 1)
@@ -740,6 +1070,10 @@ def _fault(cluster: Cluster, workload: Workload, plan: ChaosPlan, kind: str, tar
         cluster.kill_distributor(target)
     elif kind == "redis_restart":
         cluster.restart_redis()
+    elif kind == "redis_full":
+        cluster.fill_redis(workload, plan.redis_full_s)
+    elif kind == "backlog":
+        cluster.backlog()
     elif kind == "burst":
         cluster.burst(workload, plan.burst_size)
 
@@ -756,6 +1090,8 @@ def _schedule(plan: ChaosPlan) -> list[tuple[str, str]]:
     steps += kills[:1] + dists
     steps.append(("bad_inputs", ""))
     steps += stops + [("redis_restart", "")] * plan.redis_restarts
+    steps += [("redis_full", "")] * plan.redis_fulls
+    steps += [("backlog", "")] * plan.backlogs
     steps += [("burst", "")] * plan.bursts + kills[1:]
     return steps
 
@@ -860,8 +1196,7 @@ def _report(
     ids = list(jobs)
     pipe = rt.redis.pipeline(transaction=False)
     for job_id in ids:
-        pipe.hmget(KEY_JOB + job_id, "status", "result", "error", "runs", "epoch", "attempts")
-        pipe.lrange(KEY_JOB_CHAIN + job_id, 0, -1)
+        pipe.hgetall(KEY_JOB + job_id)  # the record, its causal chain in its link: fields
         pipe.get(RESULT_KEY_PREFIX + job_id)
     replies = pipe.execute()
     failed: Counter[str] = Counter()
@@ -871,7 +1206,9 @@ def _report(
     runs_explained = 0
     by_type: Counter[str] = Counter()
     for index, job_id in enumerate(ids):
-        (status, result, error, runs, _, _), chain, meta = replies[3 * index : 3 * index + 3]
+        record, meta = replies[2 * index : 2 * index + 2]
+        status, result, error, runs = (record.get(f) for f in ("status", "result", "error", "runs"))
+        chain = chain_of(record)
         job = jobs[job_id]
         runs_explained += min(int(runs or 0), cluster.settings.max_attempts)
         links = Counter(json.loads(link)["type"] for link in chain)
@@ -1028,8 +1365,35 @@ def print_report(report: dict[str, Any], console: Console) -> None:
     for fault in report["fault_log"]:
         if fault["kind"] == "redis_restart":
             row("redis restart: jobs complete again after (s)", fault["resume_s"])
+        if fault["kind"] == "redis_full":
+            row("redis full (maxmemory, noeviction) for (s)", fault["full_s"])
+            row("  submits refused at the caller", fault["submits_refused"])
+            row("  submits accepted while full", fault["submits_accepted_while_full"])
+            row("  agents shown degraded", fault["agents_degraded"])
+            row("  every accepted job done after memory raised (s)", fault["all_done_after_s"])
+        if fault["kind"] == "backlog":
+            row("backlog: distributors stopped for (s)", fault["stopped_s"])
+            row(
+                "  envelope TTL / skew allowance (s)",
+                f"{fault['envelope_ttl_s']} / {fault['clock_skew_s']}",
+            )
+            row(
+                "  jobs queued during the stop (+ in flight)",
+                f"{fault['jobs_queued_during_stop']} (+ {fault['jobs_in_flight_at_stop']})",
+            )
+            row("  envelopes readmitted (expired in queue)", fault["envelopes_readmitted"])
+            row("  all of them done after SIGCONT (s)", fault["all_done_after_s"])
+            row("  their attempts", fault["attempts"])
+            row("  of them re-sent by the health check", fault["resent_by_health_check"])
+        if fault["kind"] == "clock_skew":
+            row(f"clock skew: {fault['target']} at {fault['offset_s']:+d} s", "whole run")
+            row("  times marked dead", fault["marked_dead"])
+            row("  jobs it completed", fault["jobs_completed"])
+            row("  envelopes it refused as expired", fault["refused_expired"])
         if fault["kind"] == "burst":
             row(f"burst of {fault['jobs']}: all done after (s)", fault["drain_s"])
+    for kind, why in report.get("skipped_faults", {}).items():
+        row(f"fault {kind} SKIPPED", why)
     row("jobs re-routed / re-sent stuck", f"{report['rerouted']} / {report['resent_stuck']}")
     row("late results ignored (stale epoch)", report["late_results_ignored"])
     row("bad inputs tried", report["bad_inputs_tried"])
@@ -1077,6 +1441,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--distributor-kills", type=int, default=1, help="distributor SIGKILLs (1)")
     parser.add_argument("--redis-restarts", type=int, default=1, help="redis-server SIGKILLs (1)")
+    parser.add_argument(
+        "--redis-fulls", type=int, default=1, help="episodes of Redis at maxmemory (1)"
+    )
+    parser.add_argument(
+        "--redis-full-s", type=float, default=10.0, help="how long Redis stays full (10 s)"
+    )
+    parser.add_argument(
+        "--backlogs",
+        type=int,
+        default=1,
+        help="distributors SIGSTOPped past the envelope lifetime while jobs come (1)",
+    )
+    parser.add_argument(
+        "--no-clock-skew",
+        dest="clock_skew",
+        action="store_false",
+        help="no extra worker with its clock 45 s behind (libfaketime)",
+    )
     parser.add_argument("--bursts", type=int, default=1, help="bursts of jobs at once (1)")
     parser.add_argument(
         "--burst-size", type=int, default=None, help="jobs per burst (a seventh of --jobs, >= 40)"
@@ -1107,6 +1489,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             worker_stops=args.worker_stops,
             distributor_kills=args.distributor_kills,
             redis_restarts=args.redis_restarts,
+            redis_fulls=args.redis_fulls,
+            redis_full_s=args.redis_full_s,
+            backlogs=args.backlogs,
+            clock_skew=args.clock_skew,
             bursts=args.bursts,
             burst_size=args.burst_size,
             rate_per_s=args.rate,

@@ -1,7 +1,7 @@
-"""The A2A envelope protocol: signed messages between agents, keys, replay protection.
+"""The A2A envelope protocol: signed messages between agents, keys, canonical form.
 
-Pure logic lives in :mod:`~project.core.a2a.envelope`; the replay guard in
-:mod:`~project.core.a2a.replay` is the one part that talks to Redis.
+Pure logic, no Redis: replays are refused by the hops, from the job record they
+move anyway (:func:`project.core.runtime.replay_of`).
 """
 
 from project.core.a2a.envelope import (

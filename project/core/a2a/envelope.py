@@ -8,8 +8,17 @@ through Celery's JSON serializer and back verifies unchanged.
 
 Verification checks, in order: shape (a JSON object with a string ``key_id``
 and ``signature``), size, key id, signature (``hmac.compare_digest``), field
-types (strict pydantic validation) and expiry. Replay protection needs Redis
-and lives in :mod:`project.core.a2a.replay`.
+types (strict pydantic validation) and time (see :func:`verify`). Replays are
+refused by the hops, from the job record they move anyway.
+
+An envelope's time is where two agents' clocks meet: the signer stamps it
+with its wall clock (``causal.timestamp_ms``, and ``expires_at_ms`` =
+that + TTL) and the verifier reads its own. So the check allows for clock skew
+(``skew_ms``, from ``AGENTS_ENVELOPE_CLOCK_SKEW_S``): an envelope is refused as
+expired only once the verifier's clock is ``skew_ms`` past its expiry, and as
+from the future if it was signed more than ``skew_ms`` ahead of the verifier's
+clock. With clocks within ``skew_ms`` of each other an envelope is accepted for at
+least its TTL of real time after signing, and for at most TTL + 2 x ``skew_ms``.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from project.core.constants import PROTOCOL_VERSION
 from project.core.errors import (
     ConfigurationError,
     ExpiredEnvelopeError,
+    LapsedEnvelopeError,
     MalformedEnvelopeError,
     SignatureError,
     UnknownKeyError,
@@ -89,6 +99,7 @@ class Envelope(BaseModel):
     payload: dict[str, JsonValue]
     causal: CausalMetadata
     expires_at_ms: int
+    """Signer's clock at signing plus the TTL, ms; :func:`verify` allows for clock skew."""
     key_id: str
     signature: str
 
@@ -319,16 +330,30 @@ def verify(
     *,
     max_bytes: int,
     at_ms: int | None = None,
+    skew_ms: int = 0,
 ) -> Envelope:
-    """Check an envelope's shape, size, key, signature, types and expiry.
+    """Check an envelope's shape, size, key, signature, types and time.
 
-    ``raw`` is what arrived: a dict (Celery argument) or JSON text/bytes.
-    ``max_bytes`` bounds the payload; the envelope may be that plus a fixed
-    overhead. Replay protection is separate (:class:`project.core.a2a.replay.ReplayGuard`).
+    Replays are refused by the hops, from the job record (:func:`project.core.runtime.replay_of`).
+    Reads no settings: the caller passes its limits.
+
+    Args:
+        raw: What arrived: a dict (Celery argument) or JSON text/bytes.
+        keyring: The keys that verify.
+        max_bytes: Bounds the payload; the envelope may be that plus a fixed overhead.
+        at_ms: The verifier's clock, ms since the epoch (default: now).
+        skew_ms: How far the signer's clock may be from the verifier's, either way
+            (``AGENTS_ENVELOPE_CLOCK_SKEW_S``). The envelope is refused only if
+            ``expires_at_ms + skew_ms <= at_ms`` (expired) or
+            ``causal.timestamp_ms > at_ms + skew_ms`` (signed in the future).
 
     Raises:
-        MalformedEnvelopeError, UnknownKeyError, SignatureError, ExpiredEnvelopeError.
+        MalformedEnvelopeError, UnknownKeyError, SignatureError,
+        ExpiredEnvelopeError (outside its validity window, either way).
+        ValueError: ``skew_ms`` is negative.
     """
+    if skew_ms < 0:
+        raise ValueError(f"skew_ms must not be negative, got {skew_ms}")
     if isinstance(raw, str | bytes | bytearray):
         if len(raw) > max_bytes + ENVELOPE_OVERHEAD_BYTES:
             raise MalformedEnvelopeError("envelope is over the size limit")
@@ -361,7 +386,24 @@ def verify(
         raise MalformedEnvelopeError(
             f"envelope fields have wrong types or are missing: {invalid_fields(exc)}"
         ) from None
-    if envelope.expires_at_ms <= (now_ms() if at_ms is None else at_ms):
-        raise ExpiredEnvelopeError(f"envelope {envelope.id} expired at {envelope.expires_at_ms}")
+    _check_time(envelope, now_ms() if at_ms is None else at_ms, skew_ms)
     metrics.count_verified(envelope.type.value)
     return envelope
+
+
+def _check_time(envelope: Envelope, at_ms: int, skew_ms: int) -> None:
+    """Refuse an envelope outside its validity window, widened by ``skew_ms`` each way."""
+    if envelope.expires_at_ms + skew_ms <= at_ms:
+        raise LapsedEnvelopeError(
+            f"envelope {envelope.id} expired at {envelope.expires_at_ms}, "
+            f"{at_ms - envelope.expires_at_ms} ms ago by this agent's clock "
+            f"(clock skew allowed: {skew_ms} ms)",
+            envelope,
+        )
+    signed_ms = envelope.causal.timestamp_ms
+    if signed_ms > at_ms + skew_ms:
+        raise ExpiredEnvelopeError(
+            f"envelope {envelope.id} was signed at {signed_ms}, {signed_ms - at_ms} ms ahead "
+            f"of this agent's clock (clock skew allowed: {skew_ms} ms): the signer's clock "
+            "is ahead, or this agent's is behind"
+        )

@@ -11,6 +11,7 @@ from project.core import logs as _logs  # noqa: F401  (structured logging hooks)
 from project.core.celery_app import flower as _flower  # noqa: F401  (Flower auth from settings)
 from project.core.celery_app import kombu_patches
 from project.core.runtime import init_runtime
+from project.core.state.connections import share_write_refusals
 
 kombu_patches.apply()
 
@@ -25,7 +26,9 @@ def _resolve_identity(sender: Any, **_: Any) -> None:
     """
     queues = sender.app.amqp.queues
     consumed = queues.consume_from if queues.consume_from else queues
-    init_runtime(sender.hostname, sorted(consumed))
+    runtime = init_runtime(sender.hostname, sorted(consumed))
+    # Refused writes are counted under this tier, in this process and its pool children.
+    share_write_refusals(",".join(sorted(runtime.identity.tiers)) or "none")
 
 
 worker_init.connect(_resolve_identity)

@@ -5,6 +5,13 @@ on its own thread in the worker's main process, so it needs no beat and keeps
 going while tasks run; a Redis outage is logged and ridden out. A tier adds
 behaviour of its own through :class:`AgentHooks`.
 
+A Redis that refuses writes (full, read-only) degrades an agent; it does not end
+it. The heartbeat still goes through (see :mod:`project.core.state.registry`) and
+marks the agent degraded; periodic writes that fail back off (doubling their
+interval up to :data:`MAX_BACKOFF_S`); and a prefork pool child, where tasks run,
+waits refused writes out in place (:func:`~project.core.state.connections.ride_out`),
+so each task finishes, and acknowledges its message, once Redis takes writes again.
+
 Local state is a LangGraph thread per process, checkpointed in Redis
 (:mod:`project.core.state.agent_state`): each process restores it when it starts and
 checkpoints it whenever it changed,
@@ -17,9 +24,11 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+import random
 import threading
+import time
 from collections.abc import Callable
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Final, Self
 
 from celery import bootsteps
 from celery.signals import worker_process_init, worker_process_shutdown
@@ -31,8 +40,20 @@ from project.core.metrics import start_agent_metrics
 from project.core.models import AgentCard, AgentStatus, LocalAgentState, Skill
 from project.core.runtime import Runtime, get_runtime
 from project.core.state.agent_state import AgentStateKeeper, agent_thread_id
+from project.core.state.connections import (
+    WriteOp,
+    is_write_refused,
+    last_write_refusal_age_s,
+    note_write_refusal,
+    ride_out_writes,
+    write_refusal,
+)
+from project.core.state.registry import DEGRADED_FOR_S
 
 log = logging.getLogger("project.lifecycle")
+
+MAX_BACKOFF_S: Final = 30.0
+"""The longest a failing periodic write (a checkpoint, a heartbeat hook) waits to try again."""
 
 try:
     VERSION = importlib.metadata.version("agents-celery")
@@ -40,10 +61,43 @@ except importlib.metadata.PackageNotFoundError:  # running from a source tree
     VERSION = "0.0.0"
 
 
+class Backoff:
+    """When a failing periodic action may run again: its interval, doubled per failure."""
+
+    def __init__(self, interval_s: float, max_s: float = MAX_BACKOFF_S) -> None:
+        self._interval_s = interval_s
+        self._max_s = max(interval_s, max_s)
+        self._failures = 0
+
+    def delay_s(self) -> float:
+        """The wait before the next try (the interval itself while nothing fails)."""
+        if not self._failures:
+            return self._interval_s
+        ceiling = min(self._max_s, self._interval_s * 2.0 ** min(self._failures, 16))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    def failed(self) -> None:
+        """Note one failure (the next wait doubles)."""
+        self._failures += 1
+
+    def succeeded(self) -> None:
+        """Back to the plain interval."""
+        self._failures = 0
+
+
+def _log_failure(what: str, error: Exception, op: WriteOp, **extra: Any) -> None:
+    """A refused write is counted and logged briefly; anything else with its traceback."""
+    if is_write_refused(error):
+        note_write_refusal(op, error)
+    else:
+        log.warning("%s failed; retrying", what, exc_info=error, extra=extra)
+
+
 class PeriodicThread:
     """Runs ``tick`` every ``interval_s`` on a daemon thread; its errors are logged.
 
-    A tick that fails (a Redis outage, say) is retried at the next interval.
+    A tick that fails (a Redis outage, a Redis that refuses writes) is retried with
+    backoff: the interval doubles per failure in a row, up to :data:`MAX_BACKOFF_S`.
     """
 
     def __init__(self, name: str, interval_s: float) -> None:
@@ -65,17 +119,25 @@ class PeriodicThread:
         self._thread.join(timeout=self._interval_s + 5)
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
+        # A timer fails fast where tasks ride refused writes out (a pool child): it
+        # backs off instead, and must never hold up the child's exit.
+        ride_out_writes(False, this_thread=True)
+        backoff = Backoff(self._interval_s)
+        while not self._stop.wait(backoff.delay_s()):
             try:
                 self.tick()
-            except Exception:
-                log.warning("%s failed; retrying", self._thread.name, exc_info=True)
+                backoff.succeeded()
+            except Exception as error:
+                backoff.failed()
+                _log_failure(self._thread.name, error, WriteOp.TIMER)
 
 
 class Heartbeat(PeriodicThread):
     """Writes an agent's heartbeat every ``interval_s`` on a daemon thread.
 
-    ``on_beat`` runs after each heartbeat, on the same thread; its errors are logged.
+    The beat itself keeps its interval (it goes through even while Redis is full)
+    and marks the agent degraded while its writes are refused. ``on_beat`` runs
+    after each beat, on the same thread; while it fails it backs off.
     """
 
     def __init__(
@@ -89,26 +151,45 @@ class Heartbeat(PeriodicThread):
         self._runtime = runtime
         self._agent_id = agent_id
         self._on_beat = on_beat
+        self._hook_backoff = Backoff(interval_s)
+        self._hook_due = 0.0
+        self._last_error = ""
 
     def tick(self) -> None:
-        """Beat, then run the hook, each failure logged on its own."""
+        """Beat, then run the hook if it is due, each failure logged on its own."""
         try:
-            if self._runtime.registry.heartbeat(self._agent_id):
-                log.warning(
-                    "agent re-admitted after being marked dead",
-                    extra={"agent_id": self._agent_id},
-                )
-        except Exception:
+            self._beat()
+        except Exception as error:
+            if write_refusal(error):
+                self._last_error = str(error)
+            _log_failure("heartbeat", error, WriteOp.HEARTBEAT, agent_id=self._agent_id)
+        if self._on_beat is None or time.monotonic() < self._hook_due:
+            return
+        try:
+            self._on_beat()
+            self._hook_backoff.succeeded()
+        except Exception as error:
+            self._hook_backoff.failed()
+            if write_refusal(error):
+                self._last_error = str(error)
+            _log_failure("heartbeat hook", error, WriteOp.TIMER, agent_id=self._agent_id)
+        self._hook_due = time.monotonic() + self._hook_backoff.delay_s() - self._interval_s
+
+    def _beat(self) -> None:
+        age = last_write_refusal_age_s()
+        recent = age is not None and age <= DEGRADED_FOR_S
+        beat = self._runtime.registry.beat(
+            self._agent_id,
+            refused_ago_s=age if recent else None,
+            refused_error=(self._last_error or "a write was refused") if recent else "",
+        )
+        if beat.readmitted:
             log.warning(
-                "heartbeat failed; retrying", exc_info=True, extra={"agent_id": self._agent_id}
+                "agent re-admitted after being marked dead", extra={"agent_id": self._agent_id}
             )
-        if self._on_beat is not None:
-            try:
-                self._on_beat()
-            except Exception:
-                log.warning(
-                    "heartbeat hook failed", exc_info=True, extra={"agent_id": self._agent_id}
-                )
+        if beat.refused:
+            self._last_error = beat.refused
+            note_write_refusal(WriteOp.HEARTBEAT, beat.refused)
 
 
 class AgentHooks:
@@ -164,27 +245,6 @@ def restore_local_state(runtime: Runtime) -> bool:
 def save_local_state(runtime: Runtime) -> bool:
     """Save the process's local state if it changed since the last save."""
     return state_keeper(runtime).save_if_changed(runtime.local_state)
-
-
-def tier_card(
-    runtime: Runtime, worker: Any, *, tier: Tier, queue: str, description: str, skill: Skill
-) -> AgentCard:
-    """The card of a tier agent (coordinator, distributor) that serves a shared queue."""
-    agent_id = runtime.identity.agent_id
-    return AgentCard(
-        name=agent_id,
-        description=description,
-        version=VERSION,
-        url=f"celery://{queue}",
-        skills=[skill],
-        id=agent_id,
-        tier=tier,
-        queue=queue,
-        concurrency=int(getattr(worker, "concurrency", 1) or 1),
-        hostname=str(getattr(worker, "hostname", "")),
-        pid=os.getpid(),
-        started_ms=now_ms(),
-    )
 
 
 class AgentStep(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -260,6 +320,35 @@ class AgentStep(bootsteps.StartStopStep):  # type: ignore[misc]
             log.warning("could not deregister", exc_info=True)
 
 
+class TierAgentStep(AgentStep):
+    """The agent of a tier that serves one shared queue (coordinator, distributor).
+
+    A subclass declares its :attr:`queue`, :attr:`description` and :attr:`skill`.
+    """
+
+    queue: ClassVar[str]
+    description: ClassVar[str]
+    skill: ClassVar[Skill]
+
+    def build_card(self, runtime: Runtime, worker: Any) -> AgentCard:
+        """The card: this process's agent id, its one skill, the shared queue."""
+        agent_id = runtime.identity.agent_id
+        return AgentCard(
+            name=agent_id,
+            description=self.description,
+            version=VERSION,
+            url=f"celery://{self.queue}",
+            skills=[self.skill],
+            id=agent_id,
+            tier=self.tier,
+            queue=self.queue,
+            concurrency=int(getattr(worker, "concurrency", 1) or 1),
+            hostname=str(getattr(worker, "hostname", "")),
+            pid=os.getpid(),
+            started_ms=now_ms(),
+        )
+
+
 class _StateTimer(PeriodicThread):
     """Saves a pool child's local state every ``interval_s`` on a daemon thread."""
 
@@ -288,11 +377,15 @@ def _start_pool_process(**_: Any) -> None:
     runtime.local_state = LocalAgentState(agent_id=inherited.agent_id, tier=inherited.tier)
     restore_local_state(runtime)
     runtime.local_state.status = AgentStatus.IDLE
+    # Tasks run here: a write Redis refuses waits until Redis takes it, so the task
+    # finishes (and acks its message) then, instead of failing and losing its work.
+    ride_out_writes(True)
     _timer = _StateTimer(runtime, runtime.settings.heartbeat_interval_s).start()
 
 
 def _stop_pool_process(**_: Any) -> None:
     """In a prefork pool child that exits: save its local state one last time."""
+    ride_out_writes(False)  # a full Redis must not hold the child's exit up
     if _timer is None:
         return
     _timer.stop()

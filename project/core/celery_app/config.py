@@ -108,12 +108,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "health-check": {
                 "task": TASK_HEALTH_CHECK,
                 "schedule": settings.health_check_interval_s,
-                # Ahead of submits and events waiting in the coordinator's queue: behind a
-                # backlog it would expire unrun, and dead workers' jobs would wait with it.
-                "options": {
-                    "expires": settings.health_check_interval_s * 2,
-                    "priority": Priority.URGENT.broker_priority,
-                },
+                # Ahead of submits waiting in the coordinator's queue. No ``expires``: Celery
+                # would compare beat's clock with the coordinator's, and a beat whose clock
+                # runs behind would have every cycle discarded. Extra cycles are harmless:
+                # each takes the interval's lease or does nothing.
+                "options": {"priority": Priority.URGENT.broker_priority},
             },
         },
         "worker_hijack_root_logger": False,

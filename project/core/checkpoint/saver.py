@@ -112,6 +112,9 @@ _LIST_BATCH: Final = 32
 _SEP: Final = "\0"
 _EMPTY: Final = "empty"
 """Type tag of a blob for a channel named in ``new_versions`` that has no value."""
+_INDEX_KEYS: Final = KEY_CHECKPOINT_INDEX + "*"
+"""``SCAN`` pattern of every thread's index key (``list(None)``: every thread)."""
+_SCAN_COUNT: Final = 1000
 
 _Keys = tuple[str, str, str, str, str, str]
 _Call = tuple[Sequence[str], Sequence[Any]]
@@ -212,6 +215,18 @@ def _config(thread_id: Any, ns: str, checkpoint_id: str) -> RunnableConfig:
     }
 
 
+def _thread_ids(index_keys: Iterable[Any]) -> list[str]:
+    """The thread ids of the index keys a ``SCAN`` found: sorted, each once."""
+    return sorted({_text(key)[len(KEY_CHECKPOINT_INDEX) + 1 : -1] for key in index_keys})
+
+
+def _named_namespace(config: RunnableConfig | None) -> list[str] | None:
+    """``[namespace]`` if ``config`` names one, else ``None`` (every namespace of the thread)."""
+    if config and config["configurable"].get("checkpoint_ns") is not None:
+        return [_part(config["configurable"]["checkpoint_ns"], "namespace")]
+    return None
+
+
 def _namespaces(members: Iterable[Any]) -> list[str]:
     seen: dict[str, None] = {}
     for member in members:
@@ -221,6 +236,64 @@ def _namespaces(members: Iterable[Any]) -> list[str]:
 
 def _matches(metadata: Any, filter: dict[str, Any] | None) -> bool:
     return not filter or all(value == metadata.get(key) for key, value in filter.items())
+
+
+class _Listing:
+    """Where one ``list``/``alist`` call stands: the next read's arguments, what to yield.
+
+    Pure, so that the sync and async APIs share it and differ only in how they read.
+    """
+
+    def __init__(
+        self,
+        decode: Callable[[Any, str, Any], Iterator[CheckpointTuple]],
+        config: RunnableConfig | None,
+        filter: dict[str, Any] | None,
+        before: RunnableConfig | None,
+        limit: int | None,
+    ) -> None:
+        self._decode = decode
+        self._exact = get_checkpoint_id(config) if config else None
+        self._before = get_checkpoint_id(before) if before else None
+        self._filter = filter
+        self._remaining = limit
+        self._size = _LIST_BATCH
+        self._last = ""
+
+    @property
+    def exhausted(self) -> bool:
+        """``limit`` tuples were yielded: nothing more is read."""
+        return self._remaining is not None and self._remaining <= 0
+
+    def read_args(self, ns: str, cursor: str) -> Sequence[Any]:
+        """Arguments of the read script for the page after ``cursor`` (``""``: the first)."""
+        remaining = self._remaining
+        batch = _LIST_BATCH if remaining is None or self._filter else min(remaining, _LIST_BATCH)
+        self._size = max(1, batch)
+        bound = cursor or self._before or ""
+        exact = _part(self._exact, "id") if self._exact else ""
+        return (ns, exact, _part(bound, "id"), self._size)
+
+    def take(self, thread_id: Any, ns: str, rows: Any) -> Iterator[CheckpointTuple]:
+        """Decode a page; yield the tuples that pass ``before``, ``filter`` and ``limit``."""
+        for tup in self._decode(thread_id, ns, rows):
+            checkpoint_id = tup.config["configurable"]["checkpoint_id"]
+            self._last = checkpoint_id
+            if self._before and checkpoint_id >= self._before:
+                continue
+            if not _matches(tup.metadata, self._filter):
+                continue
+            if self._remaining is not None:
+                if self._remaining <= 0:
+                    break
+                self._remaining -= 1
+            yield tup
+
+    def cursor_after(self, rows: Sequence[Any]) -> str | None:
+        """Where the page after ``rows`` (just taken) starts; ``None`` if there is none."""
+        if len(rows) < self._size or self._exact:
+            return None
+        return self._last
 
 
 class RedisSaver(BaseCheckpointSaver[str]):
@@ -299,29 +372,17 @@ class RedisSaver(BaseCheckpointSaver[str]):
         Yields:
             Matching checkpoint tuples.
         """
-        remaining = limit
+        listing = _Listing(self._decode_rows, config, filter, before, limit)
         for thread_id in self._threads(config):
-            if remaining is not None and remaining <= 0:
+            if listing.exhausted:
                 return
             keys = thread_keys(thread_id)
             for ns in self._namespaces_of(config, keys):
-                cursor = ""
-                while remaining is None or remaining > 0:
-                    call, size = self._list_call(
-                        config, keys, ns, before, cursor, remaining, filter
-                    )
-                    rows = self._eval(_READ, *call)
-                    for tup in self._decode_rows(thread_id, ns, rows):
-                        cursor = tup.config["configurable"]["checkpoint_id"]
-                        if not self._keep(tup, config, filter, before):
-                            continue
-                        if remaining is not None:
-                            if remaining <= 0:
-                                break
-                            remaining -= 1
-                        yield tup
-                    if len(rows) < size or get_checkpoint_id(config or {"configurable": {}}):
-                        break
+                cursor: str | None = ""
+                while cursor is not None and not listing.exhausted:
+                    rows = self._eval(_READ, keys, listing.read_args(ns, cursor))
+                    yield from listing.take(thread_id, ns, rows)
+                    cursor = listing.cursor_after(rows)
 
     def put(
         self,
@@ -473,29 +534,18 @@ class RedisSaver(BaseCheckpointSaver[str]):
         Yields:
             Matching checkpoint tuples.
         """
-        remaining = limit
+        listing = _Listing(self._decode_rows, config, filter, before, limit)
         for thread_id in await self._athreads(config):
-            if remaining is not None and remaining <= 0:
+            if listing.exhausted:
                 return
             keys = thread_keys(thread_id)
             for ns in await self._anamespaces_of(config, keys):
-                cursor = ""
-                while remaining is None or remaining > 0:
-                    call, size = self._list_call(
-                        config, keys, ns, before, cursor, remaining, filter
-                    )
-                    rows = await self._aeval(_READ, *call)
-                    for tup in self._decode_rows(thread_id, ns, rows):
-                        cursor = tup.config["configurable"]["checkpoint_id"]
-                        if not self._keep(tup, config, filter, before):
-                            continue
-                        if remaining is not None:
-                            if remaining <= 0:
-                                break
-                            remaining -= 1
+                cursor: str | None = ""
+                while cursor is not None and not listing.exhausted:
+                    rows = await self._aeval(_READ, keys, listing.read_args(ns, cursor))
+                    for tup in listing.take(thread_id, ns, rows):
                         yield tup
-                    if len(rows) < size or get_checkpoint_id(config or {"configurable": {}}):
-                        break
+                    cursor = listing.cursor_after(rows)
 
     async def aput(
         self,
@@ -601,22 +651,6 @@ class RedisSaver(BaseCheckpointSaver[str]):
         exact = bool(checkpoint_id)
         args = (ns, _part(checkpoint_id, "id") if exact else "", "", 1)
         return thread_keys(conf["thread_id"]), args, exact
-
-    def _list_call(
-        self,
-        config: RunnableConfig | None,
-        keys: _Keys,
-        ns: str,
-        before: RunnableConfig | None,
-        cursor: str,
-        remaining: int | None,
-        filter: dict[str, Any] | None,
-    ) -> tuple[_Call, int]:
-        exact = get_checkpoint_id(config) if config else None
-        bound = cursor or (get_checkpoint_id(before) if before else None) or ""
-        size = _LIST_BATCH if remaining is None or filter else max(1, min(remaining, _LIST_BATCH))
-        args = (ns, _part(exact, "id") if exact else "", _part(bound, "id"), size)
-        return (keys, args), size
 
     def _put_call(
         self,
@@ -735,19 +769,6 @@ class RedisSaver(BaseCheckpointSaver[str]):
         found.sort(key=lambda write: write[0])
         return [(task_id, channel, self.serde.loads_typed(t)) for _, task_id, channel, t in found]
 
-    @staticmethod
-    def _keep(
-        tup: CheckpointTuple,
-        config: RunnableConfig | None,
-        filter: dict[str, Any] | None,
-        before: RunnableConfig | None,
-    ) -> bool:
-        checkpoint_id = tup.config["configurable"]["checkpoint_id"]
-        before_id = get_checkpoint_id(before) if before else None
-        if before_id and checkpoint_id >= before_id:
-            return False
-        return _matches(tup.metadata, filter)
-
     # --- Redis plumbing ----------------------------------------------------------------------
 
     @staticmethod
@@ -788,29 +809,25 @@ class RedisSaver(BaseCheckpointSaver[str]):
         if config:
             return [config["configurable"]["thread_id"]]
         with _redis_errors():
-            found = self.client.scan_iter(match=KEY_CHECKPOINT_INDEX + "*", count=1000)
-            return sorted({_text(key)[len(KEY_CHECKPOINT_INDEX) + 1 : -1] for key in found})
+            return _thread_ids(self.client.scan_iter(match=_INDEX_KEYS, count=_SCAN_COUNT))
 
     async def _athreads(self, config: RunnableConfig | None) -> Sequence[str]:
         if config:
             return [config["configurable"]["thread_id"]]
         aclient = self._async_client()
         with _redis_errors():
-            found = [
-                _text(key)
-                async for key in aclient.scan_iter(match=KEY_CHECKPOINT_INDEX + "*", count=1000)
-            ]
-        return sorted({key[len(KEY_CHECKPOINT_INDEX) + 1 : -1] for key in found})
+            found = [key async for key in aclient.scan_iter(match=_INDEX_KEYS, count=_SCAN_COUNT)]
+        return _thread_ids(found)
 
     def _namespaces_of(self, config: RunnableConfig | None, keys: _Keys) -> Sequence[str]:
-        if config and config["configurable"].get("checkpoint_ns") is not None:
-            return [_part(config["configurable"]["checkpoint_ns"], "namespace")]
+        if (named := _named_namespace(config)) is not None:
+            return named
         with _redis_errors():
             return _namespaces(_command(self.client, "ZRANGE", keys[0], 0, -1))
 
     async def _anamespaces_of(self, config: RunnableConfig | None, keys: _Keys) -> Sequence[str]:
-        if config and config["configurable"].get("checkpoint_ns") is not None:
-            return [_part(config["configurable"]["checkpoint_ns"], "namespace")]
+        if (named := _named_namespace(config)) is not None:
+            return named
         run = cast(Callable[..., Awaitable[Any]], self._async_client().execute_command)
         with _redis_errors():
             return _namespaces(await run("ZRANGE", keys[0], 0, -1, **_RAW))

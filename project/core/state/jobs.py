@@ -24,13 +24,10 @@ from redis import Redis
 from redis.typing import EncodableT
 
 from project.core.a2a.envelope import Envelope, now_ms
-from project.core.a2a.replay import marker_ttl_ms, seen_key
 from project.core.constants import (
     CHANNEL_JOBS,
-    KEY_INTENT,
     KEY_INTENTS,
     KEY_JOB,
-    KEY_JOB_CHAIN,
     KEY_JOBS_COUNT,
     KEY_JOBS_OPEN,
     KEY_STATS_JOBS,
@@ -38,6 +35,9 @@ from project.core.constants import (
 )
 from project.core.models import JobRecord, JobSpec, JobStatus
 from project.core.state.lua import load_script
+
+CHAIN_FIELD = "link:"
+"""Prefix of the job record's fields that hold its causal chain."""
 
 
 def chain_link(envelope: Envelope) -> str:
@@ -87,6 +87,8 @@ class StartKind(StrEnum):
     """First start of this epoch: run it."""
     RERUN = "rerun"
     """A redelivery of the same work order after its worker process died: run it again."""
+    FINAL = "final"
+    """The job is already final: the work order is a copy of a finished one (a replay)."""
     EXHAUSTED = "exhausted"
     """Started ``max_runs`` times already by workers that died: a poison job."""
     STALE = "stale"
@@ -136,7 +138,6 @@ class JobStore:
         self._assign = redis.register_script(load_script("job_assign"))
         self._start = redis.register_script(load_script("job_start"))
         self._finish = redis.register_script(load_script("job_finish"))
-        self._append_once = redis.register_script(load_script("job_chain_append_once"))
 
     def create(self, job_id: str, spec: JobSpec, *, deadline_ms: int) -> bool:
         """Record a new PENDING job. False if a job with this id already exists."""
@@ -152,13 +153,14 @@ class JobStore:
             "created_ms": now,
             "updated_ms": now,
             "deadline_ms": deadline_ms,
+            **({"deadline_s": spec.deadline_s} if spec.deadline_s is not None else {}),
             "payload": _dumps(spec.payload),
             "requirements": spec.requirements.model_dump_json(),
         }
         args: list[Any] = [job_id, now, CHANNEL_JOBS]
         for name, value in fields.items():
             args += [name, value]
-        keys = [KEY_JOB + job_id, KEY_JOBS_OPEN, KEY_JOBS_COUNT, KEY_INTENTS, KEY_INTENT + job_id]
+        keys = [KEY_JOB + job_id, KEY_JOBS_OPEN, KEY_JOBS_COUNT, KEY_INTENTS]
         return bool(self._create(keys=keys, args=args))
 
     def record_intents(self, calls: dict[str, dict[str, Any]]) -> None:
@@ -168,46 +170,54 @@ class JobStore:
         and kombu noting it as unacknowledged; the health check re-publishes
         intents that never became job records. One round trip for any number.
         """
+        if not calls:
+            return
         now = now_ms()
-        pipe = self._redis.pipeline(transaction=False)
-        for job_id, call in calls.items():
-            pipe.set(KEY_INTENT + job_id, _dumps(call), ex=self._result_ttl_s)
-        pipe.zadd(KEY_INTENTS, {job_id: now for job_id in calls})
-        pipe.execute()
+        self._redis.hset(
+            KEY_INTENTS,
+            mapping={job_id: _dumps({"ms": now, "call": call}) for job_id, call in calls.items()},
+        )
 
     def forget_intent(self, job_id: str) -> None:
         """Drop a submit intent (the coordinator refused the job, so it is answered)."""
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.zrem(KEY_INTENTS, job_id)
-        pipe.delete(KEY_INTENT + job_id)
-        pipe.execute()
+        self._redis.hdel(KEY_INTENTS, job_id)
 
     def unrecorded_intents(self, before_ms: int, limit: int = 500) -> dict[str, dict[str, Any]]:
         """Submit calls older than ``before_ms`` that never became job records.
 
         Each returned intent's timestamp is moved to now, so it is returned again
-        only if it is still unrecorded one interval later.
+        only if it is still unrecorded one interval later. Intents live in one hash
+        (``jobs:intents``), written with one command per submit call and dropped by
+        the script that creates the job; few are ever older than an interval.
         """
-        ids: list[str] = self._redis.zrangebyscore(  # type: ignore[assignment]
-            KEY_INTENTS, "-inf", before_ms, start=0, num=limit
-        )
-        if not ids:
+        old: dict[str, dict[str, Any]] = {}
+        for job_id, raw in self._redis.hscan_iter(KEY_INTENTS, count=1000):
+            try:
+                intent = json.loads(raw)
+                if int(intent["ms"]) <= before_ms:
+                    old[str(job_id)] = intent["call"]
+            except (ValueError, KeyError, TypeError):
+                old[str(job_id)] = {}  # unreadable: dropped below
+            if len(old) >= limit:
+                break
+        if not old:
             return {}
+        ids = list(old)
         pipe = self._redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.exists(KEY_JOB + job_id)
-            pipe.get(KEY_INTENT + job_id)
-        replies = pipe.execute()
-        found: dict[str, dict[str, Any]] = {}
+        exists = pipe.execute()
+        found = {j: old[j] for j, e in zip(ids, exists, strict=True) if not e and old[j]}
         cleanup = self._redis.pipeline(transaction=False)
-        for index, job_id in enumerate(ids):
-            exists, call = replies[2 * index], replies[2 * index + 1]
-            if exists or call is None:
-                cleanup.zrem(KEY_INTENTS, job_id)
-                cleanup.delete(KEY_INTENT + job_id)
-            else:
-                found[job_id] = json.loads(call)
-                cleanup.zadd(KEY_INTENTS, {job_id: now_ms()})
+        stale = [j for j in ids if j not in found]
+        if stale:
+            cleanup.hdel(KEY_INTENTS, *stale)
+        if found:
+            now = now_ms()
+            cleanup.hset(
+                KEY_INTENTS,
+                mapping={j: _dumps({"ms": now, "call": call}) for j, call in found.items()},
+            )
         cleanup.execute()
         return found
 
@@ -221,7 +231,7 @@ class JobStore:
         dispatch: Envelope,
     ) -> AssignOutcome:
         """Assign the job to ``worker_id`` if its epoch is still ``expected_epoch``."""
-        keys = [KEY_JOB + job_id, KEY_JOBS_OPEN, KEY_JOBS_COUNT, KEY_JOB_CHAIN + job_id]
+        keys = [KEY_JOB + job_id, KEY_JOBS_OPEN, KEY_JOBS_COUNT]
         args: list[EncodableT] = [
             job_id,
             expected_epoch,
@@ -247,7 +257,7 @@ class JobStore:
         self, job_id: str, *, epoch: int, worker_id: str, request: Envelope, max_runs: int
     ) -> StartKind:
         """Move ASSIGNED -> IN_PROGRESS for this worker and epoch (see :class:`StartKind`)."""
-        keys = [KEY_JOB + job_id, KEY_JOBS_COUNT, KEY_JOB_CHAIN + job_id, KEY_STATS_JOBS]
+        keys = [KEY_JOB + job_id, KEY_STATS_JOBS]
         args: list[EncodableT] = [
             job_id,
             epoch,
@@ -271,21 +281,16 @@ class JobStore:
         error: dict[str, str] | None = None,
         cause: Envelope | None = None,
         event: Envelope | None = None,
-        done_ids: tuple[str, ...] = (),
     ) -> FinishOutcome:
         """Record the job's final status and result, once, if ``epoch`` is current.
 
         ``cause`` and then ``event`` (the signed EVENT for the coordinator) are
         appended to the causal chain, and ``event`` rides whole in the final
-        announcement on ``events:jobs``; the envelope ids in ``done_ids`` are marked
-        done for replay protection. All in the same atomic step (markers live as
-        long as ``cause``'s, which is the newest envelope of the chain).
+        announcement on ``events:jobs``, all in the same atomic step.
         """
         if not status.is_final:
             raise ValueError(f"{status} is not a final status")
-        done_keys = [seen_key(message_id) for message_id in done_ids]
-        ttl_ms = marker_ttl_ms(cause) if cause is not None else 3_600_000
-        keys = [KEY_JOB + job_id, KEY_JOBS_OPEN, KEY_JOBS_COUNT, KEY_JOB_CHAIN + job_id, *done_keys]
+        keys = [KEY_JOB + job_id, KEY_JOBS_OPEN, KEY_JOBS_COUNT]
         args: list[EncodableT] = [
             job_id,
             epoch,
@@ -297,7 +302,6 @@ class JobStore:
             KEY_WORKER_JOBS,
             CHANNEL_JOBS,
             chain_link(cause) if cause is not None else "",
-            ttl_ms,
             chain_link(event) if event is not None else "",
             _dumps(event.to_wire()) if event is not None else "",
         ]
@@ -314,20 +318,12 @@ class JobStore:
             return FinishOutcome(kind, status=reply[1])
         return FinishOutcome(kind)
 
-    def append_chain(self, job_id: str, envelope: Envelope) -> bool:
-        """Append an envelope to a job's causal chain, once. False if it is there already.
-
-        Idempotent: the client retries a command whose reply a dying Redis never sent
-        (it may have run), and a redelivered message appends the same envelope again.
-        """
-        return bool(self._append_once(keys=[KEY_JOB_CHAIN + job_id], args=[chain_link(envelope)]))
-
     def get(self, job_id: str) -> JobRecord | None:
         """Read a job's record, or None if there is none."""
         raw: dict[str, str] = self._redis.hgetall(KEY_JOB + job_id)  # type: ignore[assignment]
         if not raw:
             return None
-        data: dict[str, Any] = dict(raw)
+        data: dict[str, Any] = {k: v for k, v in raw.items() if not k.startswith(CHAIN_FIELD)}
         for name in ("payload", "requirements", "result", "error"):
             if name in data:
                 data[name] = json.loads(data[name])
@@ -338,9 +334,15 @@ class JobStore:
         return JobRecord.model_validate(data)
 
     def chain(self, job_id: str) -> list[dict[str, Any]]:
-        """The causal chain of a job, oldest first."""
-        links: list[str] = self._redis.lrange(KEY_JOB_CHAIN + job_id, 0, -1)  # type: ignore[assignment]
-        return [json.loads(link) for link in links]
+        """The causal chain of a job, oldest first.
+
+        The links live in the job's record, one field per step of each epoch
+        (``link:{epoch}:{a dispatch | b work order | c response | d event}``), written
+        by the script that makes that step: no command of its own, and a step run
+        twice (a redelivery) writes its one link again.
+        """
+        raw: dict[str, str] = self._redis.hgetall(KEY_JOB + job_id)  # type: ignore[assignment]
+        return [json.loads(raw[name]) for name in sorted(raw) if name.startswith(CHAIN_FIELD)]
 
     def counts(self) -> dict[str, int]:
         """How many jobs ever reached each status."""

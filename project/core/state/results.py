@@ -8,6 +8,7 @@ from celery import states
 
 from project.core.errors import JobError, job_error_class
 from project.core.models import JobStatus
+from project.core.state.connections import WriteOp, ride_out, rides_out_writes
 
 
 def error_to_dict(error: JobError) -> dict[str, str]:
@@ -29,8 +30,21 @@ def publish_final_result(
     result: Any,
     error: dict[str, Any] | None,
 ) -> None:
-    """Store a job's one final result where ``AsyncResult(job_id).get()`` finds it."""
+    """Store a job's one final result where ``AsyncResult(job_id).get()`` finds it.
+
+    Where refused writes are ridden out (a pool child's task), a store Redis refuses
+    waits until Redis takes it: the job's record is final already, and the app waits
+    for this result.
+    """
     if status == JobStatus.COMPLETED:
-        backend.store_result(job_id, result, states.SUCCESS)
+        value, state = result, states.SUCCESS
     else:
-        backend.store_result(job_id, error_from_dict(error), states.FAILURE)
+        value, state = error_from_dict(error), states.FAILURE
+
+    def store() -> None:
+        backend.store_result(job_id, value, state)
+
+    if rides_out_writes():
+        ride_out(store, op=WriteOp.RESULT)
+    else:
+        store()

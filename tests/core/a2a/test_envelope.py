@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from kombu.utils.json import dumps as kombu_dumps
 from kombu.utils.json import loads as kombu_loads
+from support.envelopes import bare_envelope
 
 from project.core.a2a.envelope import (
     DEV_KEY_ID,
@@ -473,16 +474,7 @@ def test_expired_envelope_is_refused() -> None:
 def test_already_expired_when_signed_is_refused_now() -> None:
     keyring = make_keyring()
     signer = make_signer(keyring)
-    envelope = signer.sign(
-        MessageType.EVENT,
-        sender="a",
-        recipient="b",
-        payload={},
-        origin="a",
-        request_id="r",
-        parent_request_id=None,
-        ttl_ms=-1,
-    )
+    envelope = bare_envelope(signer, MessageType.EVENT, ttl_ms=-1)
     with pytest.raises(ExpiredEnvelopeError):
         check(envelope.to_wire(), keyring)
 

@@ -3,32 +3,35 @@
 Each test drives :class:`~project.core.state.jobs.JobStore` (built as the runtime
 builds it) into one branch of one Lua script and checks both what the call returned
 and what Redis holds afterwards: the job's record, the ``jobs:open`` and
-``worker:jobs:{id}`` indexes, the counters, the causal chain, replay markers and the
-``events:jobs`` announcements. A branch that refuses to act must leave the database
-exactly as it was.
+``worker:jobs:{id}`` indexes, the counters, the causal chain (the record's
+``link:{epoch}:{step}`` fields), the submit intents and the ``events:jobs``
+announcements. A branch that refuses to act must leave the database exactly as it was.
+
+Replays need no markers of their own: a copy of a message whose job is final is
+refused by the script of its hop (``assign`` and ``start`` answer ``final``, ``finish``
+answers ``already``), and the tests below drive a copy into each of those answers.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from redis import Redis
 from redis.client import PubSub
+from support.envelopes import bare_envelope
 
 from project.core.a2a.envelope import Envelope, Keyring, MessageType, Signer, now_ms
-from project.core.a2a.replay import marker_ttl_ms, seen_key
 from project.core.constants import (
     CHANNEL_JOBS,
     COORDINATOR,
     DISTRIBUTOR,
-    KEY_INTENT,
     KEY_INTENTS,
     KEY_JOB,
-    KEY_JOB_CHAIN,
     KEY_JOBS_COUNT,
     KEY_JOBS_OPEN,
     KEY_STATS_JOBS,
@@ -36,6 +39,7 @@ from project.core.constants import (
 )
 from project.core.models import JobSpec, JobStatus, Priority, Requirements
 from project.core.state.jobs import (
+    CHAIN_FIELD,
     AssignKind,
     AssignOutcome,
     FinishKind,
@@ -57,6 +61,7 @@ SPEC = JobSpec(
     requirements=Requirements(tags=["cpu"]),
 )
 W1, W2 = "w1", "w2"
+FINAL_STATUSES = [JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.ABANDONED]
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -100,57 +105,6 @@ def announced(events: list[dict[str, Any]]) -> list[tuple[str, int, str, str]]:
     return [(e["status"], e["epoch"], e["assignee"], e["event"]) for e in events]
 
 
-def dump(redis: Redis) -> dict[str, tuple[str, object, bool]]:
-    """Every key of the database: its type, its value and whether it expires."""
-    state: dict[str, tuple[str, object, bool]] = {}
-    for key in sorted(redis.keys("*")):  # type: ignore[union-attr]
-        kind = redis.type(key)
-        value: object
-        if kind == "hash":
-            value = redis.hgetall(key)
-        elif kind == "zset":
-            value = redis.zrange(key, 0, -1, withscores=True)
-        elif kind == "set":
-            value = sorted(redis.smembers(key))  # type: ignore[arg-type]
-        elif kind == "list":
-            value = redis.lrange(key, 0, -1)
-        else:
-            value = redis.get(key)
-        state[key] = (str(kind), value, redis.ttl(key) != -1)
-    return state
-
-
-def record(redis: Redis, job_id: str) -> dict[str, str]:
-    """The job's raw hash (with the scripts' own fields: runs, exec_msg, dispatch_msg)."""
-    raw: dict[str, str] = redis.hgetall(KEY_JOB + job_id)  # type: ignore[assignment]
-    return raw
-
-
-def counts(redis: Redis) -> dict[str, str]:
-    raw: dict[str, str] = redis.hgetall(KEY_JOBS_COUNT)  # type: ignore[assignment]
-    return raw
-
-
-def stats(redis: Redis) -> dict[str, str]:
-    raw: dict[str, str] = redis.hgetall(KEY_STATS_JOBS)  # type: ignore[assignment]
-    return raw
-
-
-def worker_jobs(redis: Redis, worker_id: str) -> set[str]:
-    members: set[str] = redis.smembers(KEY_WORKER_JOBS + worker_id)  # type: ignore[assignment]
-    return members
-
-
-def open_jobs(redis: Redis) -> dict[str, int]:
-    pairs: list[tuple[str, float]] = redis.zrange(KEY_JOBS_OPEN, 0, -1, withscores=True)  # type: ignore[assignment]
-    return {job_id: int(score) for job_id, score in pairs}
-
-
-def chain(redis: Redis, job_id: str) -> list[str]:
-    links: list[str] = redis.lrange(KEY_JOB_CHAIN + job_id, 0, -1)  # type: ignore[assignment]
-    return links
-
-
 def dispatch_order(job_id: str) -> Envelope:
     """The coordinator's dispatch request to the distributors (``assign``'s envelope)."""
     return SIGNER.request(
@@ -171,85 +125,172 @@ def work_report(order: Envelope) -> Envelope:
     )
 
 
-def new_job(store: JobStore) -> str:
-    job_id = uuid.uuid4().hex
-    assert store.create(job_id, SPEC, deadline_ms=now_ms() + 30_000)
-    return job_id
+class JobsDb:
+    """A job store on the scratch database, what the database holds, what was announced.
 
+    The store is built as :class:`Runtime` builds it; the read-backs are raw Redis reads.
+    """
 
-def assign(
-    store: JobStore,
-    job_id: str,
-    *,
-    expected_epoch: int,
-    worker_id: str = W1,
-    dispatch: Envelope | None = None,
-    max_attempts: int = MAX_ATTEMPTS,
-) -> AssignOutcome:
-    return store.assign(
-        job_id,
-        expected_epoch=expected_epoch,
-        worker_id=worker_id,
-        max_attempts=max_attempts,
-        dispatch=dispatch or dispatch_order(job_id),
-    )
+    def __init__(self, redis: Redis, events: JobEvents) -> None:
+        self.redis = redis
+        self.events = events
+        self.store = JobStore(redis, result_ttl_s=RESULT_TTL_S)
 
+    # What the database holds.
 
-def assigned_job(store: JobStore, worker_id: str = W1) -> tuple[str, Envelope]:
-    """A job ASSIGNED to ``worker_id`` at epoch 1, and the dispatch that assigned it."""
-    job_id = new_job(store)
-    dispatch = dispatch_order(job_id)
-    assert assign(store, job_id, expected_epoch=0, worker_id=worker_id, dispatch=dispatch) == (
-        AssignOutcome(AssignKind.OK, epoch=1)
-    )
-    return job_id, dispatch
+    def dump(self) -> dict[str, tuple[str, object, bool]]:
+        """Every key of the database: its type, its value and whether it expires."""
+        state: dict[str, tuple[str, object, bool]] = {}
+        for key in sorted(self.redis.keys("*")):  # type: ignore[union-attr]
+            kind = self.redis.type(key)
+            value: object
+            if kind == "hash":
+                value = self.redis.hgetall(key)
+            elif kind == "zset":
+                value = self.redis.zrange(key, 0, -1, withscores=True)
+            elif kind == "set":
+                value = sorted(self.redis.smembers(key))  # type: ignore[arg-type]
+            elif kind == "list":
+                value = self.redis.lrange(key, 0, -1)
+            else:
+                value = self.redis.get(key)
+            state[key] = (str(kind), value, self.redis.ttl(key) != -1)
+        return state
 
+    def record(self, job_id: str) -> dict[str, str]:
+        """The job's raw hash (with the scripts' own fields: runs, exec_msg, dispatch_msg)."""
+        raw: dict[str, str] = self.redis.hgetall(KEY_JOB + job_id)  # type: ignore[assignment]
+        return raw
 
-def started_job(store: JobStore, worker_id: str = W1) -> tuple[str, Envelope]:
-    """A job IN_PROGRESS on ``worker_id`` at epoch 1, and the work order that started it."""
-    job_id, dispatch = assigned_job(store, worker_id)
-    order = work_order(dispatch, worker_id, 1)
-    assert start(store, job_id, epoch=1, worker_id=worker_id, order=order) is StartKind.RUN
-    return job_id, order
+    def counts(self) -> dict[str, str]:
+        raw: dict[str, str] = self.redis.hgetall(KEY_JOBS_COUNT)  # type: ignore[assignment]
+        return raw
 
+    def stats(self) -> dict[str, str]:
+        raw: dict[str, str] = self.redis.hgetall(KEY_STATS_JOBS)  # type: ignore[assignment]
+        return raw
 
-def start(
-    store: JobStore,
-    job_id: str,
-    *,
-    epoch: int,
-    worker_id: str,
-    order: Envelope,
-    max_runs: int = MAX_ATTEMPTS,
-) -> StartKind:
-    return store.start(job_id, epoch=epoch, worker_id=worker_id, request=order, max_runs=max_runs)
+    def worker_jobs(self, worker_id: str) -> set[str]:
+        key = KEY_WORKER_JOBS + worker_id
+        members: set[str] = self.redis.smembers(key)  # type: ignore[assignment]
+        return members
+
+    def open_jobs(self) -> dict[str, int]:
+        pairs: list[tuple[str, float]] = self.redis.zrange(  # type: ignore[assignment]
+            KEY_JOBS_OPEN, 0, -1, withscores=True
+        )
+        return {job_id: int(score) for job_id, score in pairs}
+
+    def chain(self, job_id: str) -> dict[str, str]:
+        """The causal chain as stored: the record's ``link:{epoch:06d}:{step}`` fields."""
+        return {k: v for k, v in self.record(job_id).items() if k.startswith(CHAIN_FIELD)}
+
+    def expect_chain(self, job_id: str, links: dict[str, Envelope]) -> None:
+        """The chain is exactly ``links`` (field -> envelope), and reads back in field order.
+
+        Checks the raw fields and what :meth:`JobStore.chain` returns (oldest first).
+        """
+        assert self.chain(job_id) == {name: chain_link(e) for name, e in links.items()}
+        assert self.store.chain(job_id) == [
+            json.loads(chain_link(links[name])) for name in sorted(links)
+        ]
+
+    def intents(self) -> dict[str, dict[str, Any]]:
+        """The submit intents (hash ``jobs:intents``): job id -> ``{"ms": ..., "call": ...}``."""
+        raw: dict[str, str] = self.redis.hgetall(KEY_INTENTS)  # type: ignore[assignment]
+        return {job_id: json.loads(intent) for job_id, intent in raw.items()}
+
+    def keys(self) -> set[str]:
+        """Every key of the database."""
+        return set(self.redis.keys("*"))  # type: ignore[arg-type]
+
+    def expiring_keys(self) -> set[str]:
+        """The keys that have a TTL."""
+        return {key for key, (_, _, expires) in self.dump().items() if expires}
+
+    @contextmanager
+    def unchanged(self, job_id: str) -> Iterator[None]:
+        """The block leaves every key as it was and announces nothing about ``job_id``.
+
+        The job's earlier announcements are read (and dropped) on the way in.
+        """
+        self.events.of(job_id)
+        before = self.dump()
+        yield
+        assert self.dump() == before
+        assert self.events.of(job_id) == []
+
+    # Driving the scripts.
+
+    def new_job(self) -> str:
+        job_id = uuid.uuid4().hex
+        assert self.store.create(job_id, SPEC, deadline_ms=now_ms() + 30_000)
+        return job_id
+
+    def assign(
+        self,
+        job_id: str,
+        *,
+        expected_epoch: int,
+        worker_id: str = W1,
+        dispatch: Envelope | None = None,
+        max_attempts: int = MAX_ATTEMPTS,
+    ) -> AssignOutcome:
+        return self.store.assign(
+            job_id,
+            expected_epoch=expected_epoch,
+            worker_id=worker_id,
+            max_attempts=max_attempts,
+            dispatch=dispatch or dispatch_order(job_id),
+        )
+
+    def start(
+        self,
+        job_id: str,
+        *,
+        epoch: int,
+        worker_id: str,
+        order: Envelope,
+        max_runs: int = MAX_ATTEMPTS,
+    ) -> StartKind:
+        return self.store.start(
+            job_id, epoch=epoch, worker_id=worker_id, request=order, max_runs=max_runs
+        )
+
+    def assigned_job(self, worker_id: str = W1) -> tuple[str, Envelope]:
+        """A job ASSIGNED to ``worker_id`` at epoch 1, and the dispatch that assigned it."""
+        job_id = self.new_job()
+        dispatch = dispatch_order(job_id)
+        outcome = self.assign(job_id, expected_epoch=0, worker_id=worker_id, dispatch=dispatch)
+        assert outcome == AssignOutcome(AssignKind.OK, epoch=1)
+        return job_id, dispatch
+
+    def started_job(self, worker_id: str = W1) -> tuple[str, Envelope]:
+        """A job IN_PROGRESS on ``worker_id`` at epoch 1, and the work order that started it."""
+        job_id, dispatch = self.assigned_job(worker_id)
+        order = work_order(dispatch, worker_id, 1)
+        assert self.start(job_id, epoch=1, worker_id=worker_id, order=order) is StartKind.RUN
+        return job_id, order
 
 
 @pytest.fixture
-def store(redis_client: Redis) -> JobStore:
-    """A job store on the scratch database, built as :class:`Runtime` builds it."""
-    return JobStore(redis_client, result_ttl_s=RESULT_TTL_S)
-
-
-@pytest.fixture
-def events(redis_client: Redis) -> Iterator[JobEvents]:
-    listener = JobEvents(redis_client)
-    yield listener
-    listener.close()
+def db(redis_client: Redis) -> Iterator[JobsDb]:
+    """The scratch database, flushed, with a job store on it and its announcements read."""
+    events = JobEvents(redis_client)
+    yield JobsDb(redis_client, events)
+    events.close()
 
 
 # --- create ----------------------------------------------------------------------------
 
 
-def test_create_records_a_pending_job(
-    store: JobStore, redis_client: Redis, events: JobEvents
-) -> None:
+def test_create_records_a_pending_job(db: JobsDb) -> None:
     job_id = uuid.uuid4().hex
     before = now_ms()
 
-    assert store.create(job_id, SPEC, deadline_ms=before + 30_000) is True
+    assert db.store.create(job_id, SPEC, deadline_ms=before + 30_000) is True
 
-    raw = record(redis_client, job_id)
+    raw = db.record(job_id)
     created = int(raw["created_ms"])
     assert before <= created <= now_ms()
     assert raw == {
@@ -266,240 +307,196 @@ def test_create_records_a_pending_job(
         "payload": '{"operation":"sum","values":[1,2]}',
         "requirements": SPEC.requirements.model_dump_json(),
     }
-    job = store.get(job_id)
+    job = db.store.get(job_id)
     assert job is not None
     assert (job.status, job.payload, job.requirements) == (
         JobStatus.PENDING,
         SPEC.payload,
         SPEC.requirements,
     )
-    assert redis_client.ttl(KEY_JOB + job_id) == -1
-    assert open_jobs(redis_client) == {job_id: created}
-    assert counts(redis_client) == {"PENDING": "1"}
-    assert chain(redis_client, job_id) == []
-    assert not redis_client.keys(KEY_WORKER_JOBS + "*")
-    assert events.of(job_id) == [{"job_id": job_id, "status": "PENDING", "epoch": 0}]
+    assert db.redis.ttl(KEY_JOB + job_id) == -1
+    assert db.open_jobs() == {job_id: created}
+    assert db.counts() == {"PENDING": "1"}
+    db.expect_chain(job_id, {})
+    assert not db.redis.keys(KEY_WORKER_JOBS + "*")
+    assert db.keys() == {KEY_JOB + job_id, KEY_JOBS_OPEN, KEY_JOBS_COUNT}
+    assert db.events.of(job_id) == [{"job_id": job_id, "status": "PENDING", "epoch": 0}]
 
 
-def test_create_drops_the_submit_intent(store: JobStore, redis_client: Redis) -> None:
+def test_create_drops_the_submit_intent(db: JobsDb) -> None:
     job_id, other = uuid.uuid4().hex, uuid.uuid4().hex
-    store.record_intents({job_id: {"task_type": "compute"}, other: {"task_type": "compute"}})
+    before = now_ms()
+    db.store.record_intents({job_id: {"task_type": "compute"}, other: {"task_type": "generic"}})
+    # One hash holds every intent: job id -> when and the submit call.
+    assert db.keys() == {KEY_INTENTS}
+    intents = db.intents()
+    assert set(intents) == {job_id, other}
+    assert before <= intents[other]["ms"] == intents[job_id]["ms"] <= now_ms()
+    assert intents[other]["call"] == {"task_type": "generic"}
 
-    assert store.create(job_id, SPEC, deadline_ms=now_ms() + 30_000)
+    assert db.store.create(job_id, SPEC, deadline_ms=now_ms() + 30_000)
 
-    assert redis_client.exists(KEY_INTENT + job_id) == 0
-    assert redis_client.zrange(KEY_INTENTS, 0, -1) == [other]
-    assert redis_client.exists(KEY_INTENT + other) == 1
+    assert db.redis.hexists(KEY_INTENTS, job_id) is False
+    assert db.intents() == {other: intents[other]}
 
 
-def test_duplicate_create_returns_false_and_changes_nothing_but_the_intent(
-    store: JobStore, redis_client: Redis, events: JobEvents
-) -> None:
-    job_id = new_job(store)
-    events.of(job_id)
-    before = dump(redis_client)
-    # The submit is re-published (an intent from the health check) after the job exists.
-    store.record_intents({job_id: {"task_type": "generic"}})
+def test_duplicate_create_returns_false_and_changes_nothing_but_the_intent(db: JobsDb) -> None:
+    job_id = db.new_job()
     other_spec = JobSpec(task_type="generic", payload={"echo": "x"}, priority=Priority.LOW)
 
-    assert store.create(job_id, other_spec, deadline_ms=now_ms() + 1) is False
+    # The intent is answered (dropped), and nothing else moves.
+    with db.unchanged(job_id):
+        # The submit is re-published (an intent from the health check) after the job exists.
+        db.store.record_intents({job_id: {"task_type": "generic"}})
+        assert db.store.create(job_id, other_spec, deadline_ms=now_ms() + 1) is False
 
-    # The intent is answered (dropped), and nothing else moved.
-    assert redis_client.exists(KEY_INTENT + job_id) == 0
-    assert redis_client.zscore(KEY_INTENTS, job_id) is None
-    assert dump(redis_client) == before
-    assert record(redis_client, job_id)["task_type"] == "compute"
-    assert counts(redis_client) == {"PENDING": "1"}
-    assert events.of(job_id) == []
+    assert db.redis.hexists(KEY_INTENTS, job_id) is False
+    assert db.redis.exists(KEY_INTENTS) == 0
+    assert db.record(job_id)["task_type"] == "compute"
+    assert db.counts() == {"PENDING": "1"}
 
 
 # --- assign ----------------------------------------------------------------------------
 
 
-def test_assign_ok_takes_a_pending_job(
-    store: JobStore, redis_client: Redis, events: JobEvents
+@pytest.mark.parametrize(
+    ("assigned_to", "worker", "epoch"),
+    [(None, W1, 1), (W1, W2, 2)],
+    ids=["pending-job", "job-assigned-to-another-worker"],
+)
+def test_assign_ok_moves_the_job_to_the_worker(
+    assigned_to: str | None, worker: str, epoch: int, db: JobsDb
 ) -> None:
-    job_id = new_job(store)
-    events.of(job_id)
+    other = assigned_to or W2
+    links: dict[str, Envelope] = {}
+    if assigned_to is None:
+        job_id = db.new_job()
+    else:
+        job_id, first = db.assigned_job(assigned_to)
+        links["link:000001:a"] = first
+    db.events.of(job_id)
     dispatch = dispatch_order(job_id)
     before = now_ms()
 
-    outcome = assign(store, job_id, expected_epoch=0, worker_id=W1, dispatch=dispatch)
+    outcome = db.assign(job_id, expected_epoch=epoch - 1, worker_id=worker, dispatch=dispatch)
 
-    assert outcome == AssignOutcome(AssignKind.OK, epoch=1)
-    raw = record(redis_client, job_id)
+    assert outcome == AssignOutcome(AssignKind.OK, epoch=epoch)
+    raw = db.record(job_id)
     updated = int(raw["updated_ms"])
     assert before <= updated <= now_ms()
     assert (raw["status"], raw["epoch"], raw["attempts"], raw["assignee"]) == (
         "ASSIGNED",
-        "1",
-        "1",
-        W1,
+        str(epoch),
+        str(epoch),
+        worker,
     )
     assert raw["dispatch_msg"] == dispatch.id
     assert "runs" not in raw and "result" not in raw
-    assert worker_jobs(redis_client, W1) == {job_id}
-    assert open_jobs(redis_client) == {job_id: updated}
-    assert counts(redis_client) == {"PENDING": "1", "ASSIGNED": "1"}
-    assert chain(redis_client, job_id) == [chain_link(dispatch)]
-    assert events.of(job_id) == [
-        {"job_id": job_id, "status": "ASSIGNED", "epoch": 1, "assignee": W1}
+    job = db.store.get(job_id)  # the link:* fields are not part of the record
+    assert job is not None
+    assert (job.status, job.epoch, job.assignee) == (JobStatus.ASSIGNED, epoch, worker)
+    assert db.worker_jobs(worker) == {job_id}
+    assert db.worker_jobs(other) == set()
+    assert db.open_jobs() == {job_id: updated}
+    assert db.counts() == {"PENDING": "1"}  # only PENDING and final statuses are counted
+    db.expect_chain(job_id, {**links, f"link:{epoch:06d}:a": dispatch})
+    assert db.events.of(job_id) == [
+        {"job_id": job_id, "status": "ASSIGNED", "epoch": epoch, "assignee": worker}
     ]
 
 
-def test_assign_ok_again_moves_the_job_to_the_new_worker(
-    store: JobStore, redis_client: Redis, events: JobEvents
-) -> None:
-    job_id, first = assigned_job(store, W1)
-    events.of(job_id)
-    second = dispatch_order(job_id)
-
-    outcome = assign(store, job_id, expected_epoch=1, worker_id=W2, dispatch=second)
-
-    assert outcome == AssignOutcome(AssignKind.OK, epoch=2)
-    raw = record(redis_client, job_id)
-    assert (raw["status"], raw["epoch"], raw["attempts"], raw["assignee"]) == (
-        "ASSIGNED",
-        "2",
-        "2",
-        W2,
-    )
-    assert raw["dispatch_msg"] == second.id
-    assert worker_jobs(redis_client, W1) == set()
-    assert worker_jobs(redis_client, W2) == {job_id}
-    assert open_jobs(redis_client) == {job_id: int(raw["updated_ms"])}
-    assert counts(redis_client) == {"PENDING": "1", "ASSIGNED": "2"}
-    assert chain(redis_client, job_id) == [chain_link(first), chain_link(second)]
-    assert events.of(job_id) == [
-        {"job_id": job_id, "status": "ASSIGNED", "epoch": 2, "assignee": W2}
-    ]
-
-
-def test_assign_redo_when_the_same_dispatch_already_assigned_it(
-    store: JobStore, redis_client: Redis, events: JobEvents
-) -> None:
-    job_id, dispatch = assigned_job(store, W1)
-    events.of(job_id)
-    before = dump(redis_client)
+def test_assign_redo_when_the_same_dispatch_already_assigned_it(db: JobsDb) -> None:
+    job_id, dispatch = db.assigned_job(W1)
 
     # The same dispatch message, redelivered: it recorded the assignment but may not
     # have sent the work order. Whoever it names now, the answer is the first choice.
-    outcome = assign(store, job_id, expected_epoch=0, worker_id=W2, dispatch=dispatch)
+    with db.unchanged(job_id):
+        outcome = db.assign(job_id, expected_epoch=0, worker_id=W2, dispatch=dispatch)
 
     assert outcome == AssignOutcome(AssignKind.REDO, epoch=1, assignee=W1)
-    assert dump(redis_client) == before
-    assert worker_jobs(redis_client, W1) == {job_id}
-    assert worker_jobs(redis_client, W2) == set()
-    assert events.of(job_id) == []
+    assert db.worker_jobs(W1) == {job_id}
+    assert db.worker_jobs(W2) == set()
+    db.expect_chain(job_id, {"link:000001:a": dispatch})
 
 
-def test_assign_stale_when_another_dispatch_moved_the_job(
-    store: JobStore, redis_client: Redis, events: JobEvents
-) -> None:
-    job_id, _ = assigned_job(store, W1)
-    events.of(job_id)
-    before = dump(redis_client)
+def test_assign_stale_when_another_dispatch_moved_the_job(db: JobsDb) -> None:
+    job_id, _ = db.assigned_job(W1)
 
-    outcome = assign(store, job_id, expected_epoch=0, worker_id=W2)
+    with db.unchanged(job_id):
+        outcome = db.assign(job_id, expected_epoch=0, worker_id=W2)
 
     assert outcome == AssignOutcome(AssignKind.STALE, epoch=1)
-    assert dump(redis_client) == before
-    raw = record(redis_client, job_id)
+    raw = db.record(job_id)
     assert (raw["status"], raw["epoch"], raw["assignee"]) == ("ASSIGNED", "1", W1)
-    assert events.of(job_id) == []
 
 
 def test_assign_stale_when_the_same_dispatch_comes_back_after_the_job_started(
-    store: JobStore, redis_client: Redis, events: JobEvents
+    db: JobsDb,
 ) -> None:
-    job_id, dispatch = assigned_job(store, W1)
-    assert (
-        start(store, job_id, epoch=1, worker_id=W1, order=work_order(dispatch, W1, 1))
-        is StartKind.RUN
-    )
-    events.of(job_id)
-    before = dump(redis_client)
+    job_id, dispatch = db.assigned_job(W1)
+    order = work_order(dispatch, W1, 1)
+    assert db.start(job_id, epoch=1, worker_id=W1, order=order) is StartKind.RUN
 
     # A redo only re-sends an order nobody started yet.
-    outcome = assign(store, job_id, expected_epoch=0, worker_id=W1, dispatch=dispatch)
+    with db.unchanged(job_id):
+        outcome = db.assign(job_id, expected_epoch=0, worker_id=W1, dispatch=dispatch)
 
     assert outcome == AssignOutcome(AssignKind.STALE, epoch=1)
-    assert dump(redis_client) == before
-    assert record(redis_client, job_id)["status"] == "IN_PROGRESS"
-    assert events.of(job_id) == []
+    assert db.record(job_id)["status"] == "IN_PROGRESS"
 
 
-def test_assign_exhausted_when_every_attempt_is_used(
-    store: JobStore, redis_client: Redis, events: JobEvents
-) -> None:
-    job_id = new_job(store)
-    assert (
-        assign(store, job_id, expected_epoch=0, worker_id=W1, max_attempts=2).kind is AssignKind.OK
-    )
-    assert (
-        assign(store, job_id, expected_epoch=1, worker_id=W2, max_attempts=2).kind is AssignKind.OK
-    )
-    events.of(job_id)
-    before = dump(redis_client)
+def test_assign_exhausted_when_every_attempt_is_used(db: JobsDb) -> None:
+    job_id = db.new_job()
+    for epoch, worker in enumerate((W1, W2)):
+        outcome = db.assign(job_id, expected_epoch=epoch, worker_id=worker, max_attempts=2)
+        assert outcome.kind is AssignKind.OK
 
-    outcome = assign(store, job_id, expected_epoch=2, worker_id=W1, max_attempts=2)
+    with db.unchanged(job_id):
+        outcome = db.assign(job_id, expected_epoch=2, worker_id=W1, max_attempts=2)
 
     assert outcome == AssignOutcome(AssignKind.EXHAUSTED, epoch=2)
-    assert dump(redis_client) == before
-    raw = record(redis_client, job_id)
+    raw = db.record(job_id)
     assert (raw["status"], raw["epoch"], raw["attempts"], raw["assignee"]) == (
         "ASSIGNED",
         "2",
         "2",
         W2,
     )
-    assert worker_jobs(redis_client, W2) == {job_id}
-    assert job_id in open_jobs(redis_client)
-    assert events.of(job_id) == []
+    assert db.worker_jobs(W2) == {job_id}
+    assert job_id in db.open_jobs()
+    assert sorted(db.chain(job_id)) == ["link:000001:a", "link:000002:a"]
 
 
-@pytest.mark.parametrize("final", [JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.ABANDONED])
-def test_assign_final_refuses_a_finished_job(
-    final: JobStatus, store: JobStore, redis_client: Redis, events: JobEvents
-) -> None:
-    job_id, _ = assigned_job(store, W1)
-    assert store.finish(job_id, epoch=1, status=final).kind is FinishKind.RECORDED
-    events.of(job_id)
-    before = dump(redis_client)
+@pytest.mark.parametrize("copy", [False, True], ids=["new-dispatch", "copy-of-the-dispatch"])
+@pytest.mark.parametrize("final", FINAL_STATUSES)
+def test_assign_final_refuses_a_finished_job(final: JobStatus, copy: bool, db: JobsDb) -> None:
+    job_id, dispatch = db.assigned_job(W1)
+    assert db.store.finish(job_id, epoch=1, status=final).kind is FinishKind.RECORDED
 
-    outcome = assign(store, job_id, expected_epoch=1, worker_id=W2)
+    with db.unchanged(job_id):
+        if copy:
+            # A replay: a copy of the dispatch that assigned the job, for its old epoch.
+            outcome = db.assign(job_id, expected_epoch=0, worker_id=W1, dispatch=dispatch)
+        else:
+            outcome = db.assign(job_id, expected_epoch=1, worker_id=W2)
 
     assert outcome == AssignOutcome(AssignKind.FINAL, status=final.value)
-    assert dump(redis_client) == before
-    assert worker_jobs(redis_client, W2) == set()
-    assert events.of(job_id) == []
-
-
-def test_assign_missing_creates_nothing(
-    store: JobStore, redis_client: Redis, events: JobEvents
-) -> None:
-    job_id = uuid.uuid4().hex
-
-    assert assign(store, job_id, expected_epoch=0) == AssignOutcome(AssignKind.MISSING)
-
-    assert dump(redis_client) == {}
-    assert events.of(job_id) == []
+    assert db.worker_jobs(W2) == set()
+    assert db.record(job_id)["status"] == final.value
 
 
 # --- start -----------------------------------------------------------------------------
 
 
-def test_start_run_moves_the_job_in_progress(
-    store: JobStore, redis_client: Redis, events: JobEvents
-) -> None:
-    job_id, dispatch = assigned_job(store, W1)
-    events.of(job_id)
+def test_start_run_moves_the_job_in_progress(db: JobsDb) -> None:
+    job_id, dispatch = db.assigned_job(W1)
+    db.events.of(job_id)
     order = work_order(dispatch, W1, 1)
     before = now_ms()
 
-    assert start(store, job_id, epoch=1, worker_id=W1, order=order) is StartKind.RUN
+    assert db.start(job_id, epoch=1, worker_id=W1, order=order) is StartKind.RUN
 
-    raw = record(redis_client, job_id)
+    raw = db.record(job_id)
     updated = int(raw["updated_ms"])
     assert before <= updated <= now_ms()
     assert (raw["status"], raw["epoch"], raw["assignee"], raw["attempts"]) == (
@@ -510,33 +507,32 @@ def test_start_run_moves_the_job_in_progress(
     )
     assert (raw["exec_msg"], raw["runs"]) == (order.id, "1")
     assert "result" not in raw
-    assert worker_jobs(redis_client, W1) == {job_id}
-    assert job_id in open_jobs(redis_client)
-    assert counts(redis_client) == {"PENDING": "1", "ASSIGNED": "1", "IN_PROGRESS": "1"}
-    assert stats(redis_client) == {"handler_executions": "1"}
-    assert chain(redis_client, job_id) == [chain_link(dispatch), chain_link(order)]
-    assert events.of(job_id) == [
+    assert db.worker_jobs(W1) == {job_id}
+    assert job_id in db.open_jobs()
+    assert db.counts() == {"PENDING": "1"}  # only PENDING and final statuses are counted
+    assert db.stats() == {"handler_executions": "1"}
+    db.expect_chain(job_id, {"link:000001:a": dispatch, "link:000001:b": order})
+    assert db.events.of(job_id) == [
         {"job_id": job_id, "status": "IN_PROGRESS", "epoch": 1, "assignee": W1}
     ]
 
 
-def test_start_rerun_counts_a_redelivery_and_moves_nothing_else(
-    store: JobStore, redis_client: Redis, events: JobEvents
-) -> None:
-    job_id, order = started_job(store, W1)
-    events.of(job_id)
-    before = record(redis_client, job_id)
-    chain_before = chain(redis_client, job_id)
+def test_start_rerun_counts_a_redelivery_and_moves_nothing_else(db: JobsDb) -> None:
+    job_id, order = db.started_job(W1)
+    db.events.of(job_id)
+    before = db.record(job_id)
+    chain_before = db.chain(job_id)
 
     # Celery redelivers the same work order after the worker process died mid-way.
-    assert start(store, job_id, epoch=1, worker_id=W1, order=order) is StartKind.RERUN
+    assert db.start(job_id, epoch=1, worker_id=W1, order=order) is StartKind.RERUN
 
-    assert record(redis_client, job_id) == {**before, "runs": "2"}
-    assert stats(redis_client) == {"handler_executions": "2", "redeliveries": "1"}
-    assert counts(redis_client) == {"PENDING": "1", "ASSIGNED": "1", "IN_PROGRESS": "1"}
-    assert chain(redis_client, job_id) == chain_before
-    assert worker_jobs(redis_client, W1) == {job_id}
-    assert events.of(job_id) == []
+    assert db.record(job_id) == {**before, "runs": "2"}
+    assert db.stats() == {"handler_executions": "2", "redeliveries": "1"}
+    assert db.counts() == {"PENDING": "1"}
+    assert db.chain(job_id) == chain_before
+    assert sorted(chain_before) == ["link:000001:a", "link:000001:b"]
+    assert db.worker_jobs(W1) == {job_id}
+    assert db.events.of(job_id) == []
 
 
 @pytest.mark.parametrize(
@@ -544,215 +540,204 @@ def test_start_rerun_counts_a_redelivery_and_moves_nothing_else(
     [(0, W1), (2, W1), (1, W2)],
     ids=["older-epoch", "newer-epoch", "other-worker"],
 )
-def test_start_stale_for_another_epoch_or_worker(
-    epoch: int, worker_id: str, store: JobStore, redis_client: Redis, events: JobEvents
-) -> None:
-    job_id, dispatch = assigned_job(store, W1)
-    events.of(job_id)
-    before = dump(redis_client)
+def test_start_stale_for_another_epoch_or_worker(epoch: int, worker_id: str, db: JobsDb) -> None:
+    job_id, dispatch = db.assigned_job(W1)
 
-    order = work_order(dispatch, worker_id, epoch)
-    assert start(store, job_id, epoch=epoch, worker_id=worker_id, order=order) is StartKind.STALE
+    with db.unchanged(job_id):
+        order = work_order(dispatch, worker_id, epoch)
+        assert db.start(job_id, epoch=epoch, worker_id=worker_id, order=order) is StartKind.STALE
 
-    assert dump(redis_client) == before
-    assert "runs" not in record(redis_client, job_id)
-    assert events.of(job_id) == []
+    assert "runs" not in db.record(job_id)
 
 
-def test_start_stale_for_another_order_of_a_running_job(
-    store: JobStore, redis_client: Redis, events: JobEvents
-) -> None:
-    job_id, _ = started_job(store, W1)
-    events.of(job_id)
-    before = dump(redis_client)
+def test_start_stale_for_another_order_of_a_running_job(db: JobsDb) -> None:
+    job_id, _ = db.started_job(W1)
 
     # Same epoch and worker, but not the message that started the job: not a redelivery.
-    other = work_order(dispatch_order(job_id), W1, 1)
-    assert start(store, job_id, epoch=1, worker_id=W1, order=other) is StartKind.STALE
+    with db.unchanged(job_id):
+        other = work_order(dispatch_order(job_id), W1, 1)
+        assert db.start(job_id, epoch=1, worker_id=W1, order=other) is StartKind.STALE
 
-    assert dump(redis_client) == before
-    assert record(redis_client, job_id)["runs"] == "1"
-    assert events.of(job_id) == []
+    assert db.record(job_id)["runs"] == "1"
 
 
-def test_start_stale_for_a_finished_job(
-    store: JobStore, redis_client: Redis, events: JobEvents
+@pytest.mark.parametrize("copy", ["the-order-that-ran-it", "an-order-of-an-older-epoch"], ids=str)
+@pytest.mark.parametrize("final", FINAL_STATUSES)
+def test_start_final_refuses_a_copy_of_an_order_of_a_finished_job(
+    final: JobStatus, copy: str, db: JobsDb
 ) -> None:
-    job_id, order = started_job(store, W1)
-    assert (
-        store.finish(job_id, epoch=1, status=JobStatus.COMPLETED, result=3).kind
-        is FinishKind.RECORDED
-    )
-    events.of(job_id)
-    before = dump(redis_client)
-
-    # Even the very order that ran it: the job is no longer IN_PROGRESS.
-    assert start(store, job_id, epoch=1, worker_id=W1, order=order) is StartKind.STALE
-
-    assert dump(redis_client) == before
-    assert record(redis_client, job_id)["status"] == "COMPLETED"
-    assert events.of(job_id) == []
-
-
-def test_start_exhausted_for_a_new_epoch_of_a_poison_job(
-    store: JobStore, redis_client: Redis, events: JobEvents
-) -> None:
-    # The job ran once on w1 (whose process died); the distributor re-assigned it to w2.
-    job_id, _ = started_job(store, W1)
+    # w1 started the job at epoch 1 and died; w2 ran it at epoch 2 and finished it.
+    job_id, first = db.started_job(W1)
     dispatch = dispatch_order(job_id)
-    assert (
-        assign(store, job_id, expected_epoch=1, worker_id=W2, dispatch=dispatch).kind
-        is AssignKind.OK
-    )
-    events.of(job_id)
-    before = record(redis_client, job_id)
-    stats_before = stats(redis_client)
-    chain_before = chain(redis_client, job_id)
+    outcome = db.assign(job_id, expected_epoch=1, worker_id=W2, dispatch=dispatch)
+    assert outcome.kind is AssignKind.OK
+    second = work_order(dispatch, W2, 2)
+    assert db.start(job_id, epoch=2, worker_id=W2, order=second) is StartKind.RUN
+    assert db.store.finish(job_id, epoch=2, status=final).kind is FinishKind.RECORDED
+    epoch, worker_id, order = (2, W2, second) if copy == "the-order-that-ran-it" else (1, W1, first)
+
+    # A replay: the job is final, whatever epoch the copy carries (checked first).
+    with db.unchanged(job_id):
+        assert db.start(job_id, epoch=epoch, worker_id=worker_id, order=order) is StartKind.FINAL
+
+    raw = db.record(job_id)
+    assert (raw["status"], raw["epoch"], raw["runs"]) == (final.value, "2", "2")
+    assert db.stats() == {"handler_executions": "2"}
+
+
+def test_start_exhausted_for_a_new_epoch_of_a_poison_job(db: JobsDb) -> None:
+    # The job ran once on w1 (whose process died); the distributor re-assigned it to w2.
+    job_id, _ = db.started_job(W1)
+    dispatch = dispatch_order(job_id)
+    outcome = db.assign(job_id, expected_epoch=1, worker_id=W2, dispatch=dispatch)
+    assert outcome.kind is AssignKind.OK
+    db.events.of(job_id)
+    before = db.record(job_id)
+    stats_before = db.stats()
+    chain_before = db.chain(job_id)
     order = work_order(dispatch, W2, 2)
 
-    assert (
-        start(store, job_id, epoch=2, worker_id=W2, order=order, max_runs=1) is StartKind.EXHAUSTED
-    )
+    kind = db.start(job_id, epoch=2, worker_id=W2, order=order, max_runs=1)
 
+    assert kind is StartKind.EXHAUSTED
     # Only the run counter moved: the job stays ASSIGNED for the worker to fail it.
-    assert record(redis_client, job_id) == {**before, "runs": "2"}
+    assert db.record(job_id) == {**before, "runs": "2"}
     assert before["status"] == "ASSIGNED"
-    assert stats(redis_client) == stats_before == {"handler_executions": "1"}
-    assert counts(redis_client) == {"PENDING": "1", "ASSIGNED": "2", "IN_PROGRESS": "1"}
-    assert chain(redis_client, job_id) == chain_before
-    assert worker_jobs(redis_client, W2) == {job_id}
-    assert events.of(job_id) == []
+    assert db.stats() == stats_before == {"handler_executions": "1"}
+    assert db.counts() == {"PENDING": "1"}
+    assert db.chain(job_id) == chain_before
+    assert sorted(chain_before) == ["link:000001:a", "link:000001:b", "link:000002:a"]
+    assert db.worker_jobs(W2) == {job_id}
+    assert db.events.of(job_id) == []
 
 
-def test_start_exhausted_for_a_redelivery_past_the_bound(
-    store: JobStore, redis_client: Redis, events: JobEvents
-) -> None:
-    job_id, order = started_job(store, W1)
-    events.of(job_id)
-    before = record(redis_client, job_id)
+def test_start_exhausted_for_a_redelivery_past_the_bound(db: JobsDb) -> None:
+    job_id, order = db.started_job(W1)
+    db.events.of(job_id)
+    before = db.record(job_id)
 
-    assert (
-        start(store, job_id, epoch=1, worker_id=W1, order=order, max_runs=1) is StartKind.EXHAUSTED
-    )
+    kind = db.start(job_id, epoch=1, worker_id=W1, order=order, max_runs=1)
 
-    assert record(redis_client, job_id) == {**before, "runs": "2"}
-    assert stats(redis_client) == {"handler_executions": "1"}
-    assert events.of(job_id) == []
-
-
-def test_start_missing_is_stale_and_creates_nothing(
-    store: JobStore, redis_client: Redis, events: JobEvents
-) -> None:
-    job_id = uuid.uuid4().hex
-    order = work_order(dispatch_order(job_id), W1, 1)
-
-    # The script answers 'missing'; for the worker that is one more order to drop.
-    assert start(store, job_id, epoch=1, worker_id=W1, order=order) is StartKind.STALE
-
-    assert dump(redis_client) == {}
-    assert events.of(job_id) == []
+    assert kind is StartKind.EXHAUSTED
+    assert db.record(job_id) == {**before, "runs": "2"}
+    assert db.stats() == {"handler_executions": "1"}
+    assert db.events.of(job_id) == []
 
 
 # --- finish ----------------------------------------------------------------------------
 
 
-def test_finish_recorded_closes_the_job_and_marks_its_order_done(
-    store: JobStore, redis_client: Redis, events: JobEvents
-) -> None:
-    job_id, order = started_job(store, W1)
-    events.of(job_id)
+def test_finish_recorded_closes_the_job_and_chains_its_cause(db: JobsDb) -> None:
+    job_id, order = db.started_job(W1)
+    db.events.of(job_id)
     report = work_report(order)
-    chain_before = chain(redis_client, job_id)
-    longest_marker_ms = marker_ttl_ms(report)  # it only shrinks as the clock moves on
+    chain_before = db.chain(job_id)
+    stats_before = db.stats()
     before = now_ms()
 
-    outcome = store.finish(
+    outcome = db.store.finish(
         job_id,
         epoch=1,
         status=JobStatus.COMPLETED,
         result={"sum": 3},
         cause=report,
-        done_ids=(order.id,),
     )
 
     assert outcome == FinishOutcome(FinishKind.RECORDED, status="COMPLETED")
-    raw = record(redis_client, job_id)
+    raw = db.record(job_id)
     finished = int(raw["finished_ms"])
     assert before <= finished <= now_ms()
     assert raw["updated_ms"] == raw["finished_ms"]
     assert (raw["status"], raw["epoch"], raw["assignee"]) == ("COMPLETED", "1", W1)
     assert (raw["result"], raw["error"]) == ('{"sum":3}', "null")
-    job = store.get(job_id)
+    job = db.store.get(job_id)
     assert job is not None
     assert (job.status, job.result, job.error) == (JobStatus.COMPLETED, {"sum": 3}, None)
-    assert worker_jobs(redis_client, W1) == set()
-    assert open_jobs(redis_client) == {}
-    assert counts(redis_client) == {
-        "PENDING": "1",
-        "ASSIGNED": "1",
-        "IN_PROGRESS": "1",
-        "COMPLETED": "1",
-    }
-    assert chain(redis_client, job_id) == [*chain_before, chain_link(report)]
-    assert 0 < redis_client.ttl(KEY_JOB + job_id) <= RESULT_TTL_S
-    assert 0 < redis_client.ttl(KEY_JOB_CHAIN + job_id) <= RESULT_TTL_S
-    assert redis_client.get(seen_key(order.id)) == "done"
-    assert 0 < redis_client.pttl(seen_key(order.id)) <= longest_marker_ms
-    assert redis_client.get(seen_key(report.id)) is None
-    assert announced(events.of(job_id)) == [("COMPLETED", 1, W1, "")]
+    assert db.worker_jobs(W1) == set()
+    assert db.open_jobs() == {}
+    assert db.counts() == {"PENDING": "1", "COMPLETED": "1"}
+    assert db.stats() == stats_before
+    assert db.chain(job_id) == {**chain_before, "link:000001:c": chain_link(report)}
+    assert [link["id"] for link in db.store.chain(job_id)] == [
+        json.loads(chain_before["link:000001:a"])["id"],
+        order.id,
+        report.id,
+    ]
+    # The record (its chain in it) expires; nothing else was written: no marker, no list.
+    assert 0 < db.redis.ttl(KEY_JOB + job_id) <= RESULT_TTL_S
+    assert db.expiring_keys() == {KEY_JOB + job_id}
+    assert db.keys() == {KEY_JOB + job_id, KEY_JOBS_COUNT, KEY_STATS_JOBS}
+    assert announced(db.events.of(job_id)) == [("COMPLETED", 1, W1, "")]
 
 
+@pytest.mark.parametrize("with_event", [False, True], ids=["no-event", "signed-event"])
 def test_finish_recorded_without_a_cause_for_a_job_nobody_took(
-    store: JobStore, redis_client: Redis, events: JobEvents
+    with_event: bool, db: JobsDb
 ) -> None:
     # The coordinator abandons a PENDING job whose deadline passed: epoch 0, no assignee.
-    job_id = new_job(store)
-    events.of(job_id)
+    job_id = db.new_job()
+    db.events.of(job_id)
     error = {"type": "DeadlineExceeded", "message": "no eligible worker"}
+    # With an EVENT but no cause, the record gets the event's link (step d) alone.
+    event = (
+        bare_envelope(SIGNER, MessageType.EVENT, sender=COORDINATOR, recipient=COORDINATOR)
+        if with_event
+        else None
+    )
 
-    outcome = store.finish(job_id, epoch=0, status=JobStatus.ABANDONED, error=error)
+    outcome = db.store.finish(job_id, epoch=0, status=JobStatus.ABANDONED, error=error, event=event)
 
     assert outcome == FinishOutcome(FinishKind.RECORDED, status="ABANDONED")
-    raw = record(redis_client, job_id)
+    raw = db.record(job_id)
     assert (raw["status"], raw["epoch"], raw["assignee"]) == ("ABANDONED", "0", "")
     assert (raw["result"], json.loads(raw["error"])) == ("null", error)
-    assert open_jobs(redis_client) == {}
-    assert not redis_client.keys(KEY_WORKER_JOBS + "*")
-    assert counts(redis_client) == {"PENDING": "1", "ABANDONED": "1"}
-    assert redis_client.exists(KEY_JOB_CHAIN + job_id) == 0
-    assert 0 < redis_client.ttl(KEY_JOB + job_id) <= RESULT_TTL_S
-    assert not redis_client.keys(seen_key("*"))
-    assert announced(events.of(job_id)) == [("ABANDONED", 0, "", "")]
+    assert db.open_jobs() == {}
+    assert not db.redis.keys(KEY_WORKER_JOBS + "*")
+    assert db.counts() == {"PENDING": "1", "ABANDONED": "1"}
+    db.expect_chain(job_id, {"link:000000:d": event} if event is not None else {})
+    assert 0 < db.redis.ttl(KEY_JOB + job_id) <= RESULT_TTL_S
+    assert db.expiring_keys() == {KEY_JOB + job_id}
+    assert db.keys() == {KEY_JOB + job_id, KEY_JOBS_COUNT}
+    (announcement,) = db.events.of(job_id)
+    assert announced([announcement])[0][:3] == ("ABANDONED", 0, "")
+    if event is None:
+        assert announcement["event"] == ""
+    else:
+        assert json.loads(announcement["event"]) == event.to_wire()
 
 
-def test_finish_recorded_with_the_signed_event_chains_and_announces_it(
-    store: JobStore, redis_client: Redis, events: JobEvents
-) -> None:
-    job_id, order = started_job(store, W1)
-    events.of(job_id)
+def test_finish_recorded_with_the_signed_event_chains_and_announces_it(db: JobsDb) -> None:
+    job_id, order = db.started_job(W1)
+    db.events.of(job_id)
     report = work_report(order)
     event = SIGNER.reply(report, MessageType.EVENT, {"job_id": job_id}, sender=DISTRIBUTOR)
-    chain_before = chain(redis_client, job_id)
+    chain_before = db.chain(job_id)
 
-    outcome = store.finish(
+    outcome = db.store.finish(
         job_id,
         epoch=1,
         status=JobStatus.FAILED,
         error={"type": "E", "message": "m"},
         cause=report,
         event=event,
-        done_ids=(order.id,),
     )
 
     assert outcome == FinishOutcome(FinishKind.RECORDED, status="FAILED")
-    assert record(redis_client, job_id)["status"] == "FAILED"
-    assert chain(redis_client, job_id) == [*chain_before, chain_link(report), chain_link(event)]
-    assert counts(redis_client)["FAILED"] == "1"
-    (announcement,) = events.of(job_id)
+    assert db.record(job_id)["status"] == "FAILED"
+    assert db.chain(job_id) == {
+        **chain_before,
+        "link:000001:c": chain_link(report),
+        "link:000001:d": chain_link(event),
+    }
+    assert [link["id"] for link in db.store.chain(job_id)][-3:] == [order.id, report.id, event.id]
+    assert db.counts() == {"PENDING": "1", "FAILED": "1"}
+    assert db.expiring_keys() == {KEY_JOB + job_id}
+    (announcement,) = db.events.of(job_id)
     assert announced([announcement])[0][:3] == ("FAILED", 1, W1)
     assert json.loads(announcement["event"]) == event.to_wire()
 
 
+@pytest.mark.parametrize("second", ["copy-of-the-report", "late-report"], ids=str)
 @pytest.mark.parametrize(
     ("first", "result", "error"),
     [
@@ -762,108 +747,162 @@ def test_finish_recorded_with_the_signed_event_chains_and_announces_it(
     ids=["completed", "failed"],
 )
 def test_finish_already_returns_the_first_result_and_changes_nothing(
-    first: JobStatus,
-    result: Any,
-    error: dict[str, str] | None,
-    store: JobStore,
-    redis_client: Redis,
-    events: JobEvents,
+    first: JobStatus, result: Any, error: dict[str, str] | None, second: str, db: JobsDb
 ) -> None:
-    job_id, order = started_job(store, W1)
+    job_id, order = db.started_job(W1)
     report = work_report(order)
-    done = (order.id,)
-    recorded = store.finish(
-        job_id, epoch=1, status=first, result=result, error=error, cause=report, done_ids=done
+    event = SIGNER.reply(report, MessageType.EVENT, {"job_id": job_id}, sender=DISTRIBUTOR)
+    recorded = db.store.finish(
+        job_id, epoch=1, status=first, result=result, error=error, cause=report, event=event
     )
     assert recorded.kind is FinishKind.RECORDED
-    events.of(job_id)
-    before = dump(redis_client)
 
-    # A second completion of the same epoch (a redelivered report, or a late duplicate).
-    late = work_report(order)
-    outcome = store.finish(
-        job_id,
-        epoch=1,
-        status=JobStatus.COMPLETED,
-        result="late",
-        cause=late,
-        done_ids=(late.id,),
-    )
+    # A second completion of the same epoch: a replayed copy of the report, or a late
+    # duplicate; either way its links and its EVENT are not recorded.
+    late = report if second == "copy-of-the-report" else work_report(order)
+    late_event = SIGNER.reply(late, MessageType.EVENT, {"job_id": job_id}, sender=DISTRIBUTOR)
+    with db.unchanged(job_id):
+        outcome = db.store.finish(
+            job_id,
+            epoch=1,
+            status=JobStatus.COMPLETED,
+            result="late",
+            cause=late,
+            event=late_event,
+        )
 
     assert outcome == FinishOutcome(
         FinishKind.ALREADY, status=first.value, result=result, error=error
     )
-    assert dump(redis_client) == before
-    assert redis_client.get(seen_key(late.id)) is None
-    job = store.get(job_id)
+    job = db.store.get(job_id)
     assert job is not None
     assert (job.status, job.result, job.error) == (first, result, error)
-    assert events.of(job_id) == []
+    assert db.chain(job_id)["link:000001:d"] == chain_link(event)
+    assert db.counts() == {"PENDING": "1", first.value: "1"}
 
 
-def test_finish_stale_for_an_older_epoch(
-    store: JobStore, redis_client: Redis, events: JobEvents
-) -> None:
+def test_finish_stale_for_an_older_epoch(db: JobsDb) -> None:
     # w1 started the job, was declared dead, and the job went to w2 at epoch 2.
-    job_id, order = started_job(store, W1)
-    assert assign(store, job_id, expected_epoch=1, worker_id=W2).kind is AssignKind.OK
-    events.of(job_id)
-    before = dump(redis_client)
+    job_id, order = db.started_job(W1)
+    assert db.assign(job_id, expected_epoch=1, worker_id=W2).kind is AssignKind.OK
 
-    report = work_report(order)
-    outcome = store.finish(
-        job_id, epoch=1, status=JobStatus.COMPLETED, result=3, cause=report, done_ids=(order.id,)
-    )
+    with db.unchanged(job_id):
+        report = work_report(order)
+        event = SIGNER.reply(report, MessageType.EVENT, {"job_id": job_id}, sender=DISTRIBUTOR)
+        outcome = db.store.finish(
+            job_id,
+            epoch=1,
+            status=JobStatus.COMPLETED,
+            result=3,
+            cause=report,
+            event=event,
+        )
 
     assert outcome == FinishOutcome(FinishKind.STALE, status="ASSIGNED")
-    assert dump(redis_client) == before
-    raw = record(redis_client, job_id)
+    raw = db.record(job_id)
     assert (raw["status"], raw["epoch"], raw["assignee"]) == ("ASSIGNED", "2", W2)
     assert "result" not in raw
-    assert worker_jobs(redis_client, W2) == {job_id}
-    assert redis_client.get(seen_key(order.id)) is None
-    assert events.of(job_id) == []
+    assert "link:000001:c" not in raw and "link:000001:d" not in raw
+    assert db.worker_jobs(W2) == {job_id}
 
 
-def test_finish_missing_creates_nothing(
-    store: JobStore, redis_client: Redis, events: JobEvents
-) -> None:
-    job_id = uuid.uuid4().hex
-    order = work_order(dispatch_order(job_id), W1, 1)
+def test_finish_refuses_a_status_that_is_not_final(db: JobsDb) -> None:
+    job_id, _ = db.assigned_job(W1)
 
-    outcome = store.finish(
+    with db.unchanged(job_id), pytest.raises(ValueError, match="not a final status"):
+        db.store.finish(job_id, epoch=1, status=JobStatus.IN_PROGRESS)
+
+
+# --- a job that does not exist -----------------------------------------------------------
+
+
+def _assign(db: JobsDb, job_id: str, order: Envelope) -> object:
+    return db.assign(job_id, expected_epoch=0)
+
+
+def _start(db: JobsDb, job_id: str, order: Envelope) -> object:
+    # The script answers 'missing'; for the worker that is one more order to drop.
+    return db.start(job_id, epoch=1, worker_id=W1, order=order)
+
+
+def _finish(db: JobsDb, job_id: str, order: Envelope) -> object:
+    report = work_report(order)
+    return db.store.finish(
         job_id,
         epoch=1,
         status=JobStatus.COMPLETED,
         result=3,
-        cause=work_report(order),
-        done_ids=(order.id,),
+        cause=report,
+        event=SIGNER.reply(report, MessageType.EVENT, {"job_id": job_id}, sender=DISTRIBUTOR),
     )
 
-    assert outcome == FinishOutcome(FinishKind.MISSING)
-    assert dump(redis_client) == {}
-    assert events.of(job_id) == []
 
+@pytest.mark.parametrize(
+    ("script", "answer"),
+    [
+        (_assign, AssignOutcome(AssignKind.MISSING)),
+        (_start, StartKind.STALE),
+        (_finish, FinishOutcome(FinishKind.MISSING)),
+    ],
+    ids=["assign", "start", "finish"],
+)
+def test_a_missing_job_is_answered_and_nothing_is_created(
+    script: Callable[[JobsDb, str, Envelope], object], answer: object, db: JobsDb
+) -> None:
+    job_id = uuid.uuid4().hex
+    order = work_order(dispatch_order(job_id), W1, 1)
 
-def test_finish_refuses_a_status_that_is_not_final(store: JobStore, redis_client: Redis) -> None:
-    job_id, _ = assigned_job(store, W1)
-    before = dump(redis_client)
+    answered = script(db, job_id, order)
 
-    with pytest.raises(ValueError, match="not a final status"):
-        store.finish(job_id, epoch=1, status=JobStatus.IN_PROGRESS)
+    assert type(answered) is type(answer) and answered == answer
 
-    assert dump(redis_client) == before
+    assert db.dump() == {}
+    assert db.events.of(job_id) == []
 
 
 # --- the causal chain ------------------------------------------------------------------
 
 
-def test_append_chain_appends_an_envelope_once(store: JobStore, redis_client: Redis) -> None:
-    job_id, dispatch = assigned_job(store, W1)
-    event = SIGNER.reply(dispatch, MessageType.EVENT, {"job_id": job_id}, sender=DISTRIBUTOR)
+def test_the_chain_reads_in_order_across_epochs_and_steps(db: JobsDb) -> None:
+    # Ten epochs (link:000009:* sorts before link:000010:*), each dispatched and started,
+    # the last one finished with its cause and signed EVENT.
+    epochs = 10
+    job_id = db.new_job()
+    expected: list[Envelope] = []
+    for epoch in range(1, epochs + 1):
+        worker = (W1, W2)[epoch % 2]
+        dispatch = dispatch_order(job_id)
+        outcome = db.assign(
+            job_id,
+            expected_epoch=epoch - 1,
+            worker_id=worker,
+            dispatch=dispatch,
+            max_attempts=epochs,
+        )
+        assert outcome == AssignOutcome(AssignKind.OK, epoch=epoch)
+        order = work_order(dispatch, worker, epoch)
+        kind = db.start(job_id, epoch=epoch, worker_id=worker, order=order, max_runs=epochs)
+        assert kind is StartKind.RUN
+        expected += [dispatch, order]
+    report = work_report(expected[-1])
+    event = SIGNER.reply(report, MessageType.EVENT, {"job_id": job_id}, sender=DISTRIBUTOR)
+    outcome_final = db.store.finish(
+        job_id, epoch=epochs, status=JobStatus.COMPLETED, result=1, cause=report, event=event
+    )
+    assert outcome_final.kind is FinishKind.RECORDED
+    expected += [report, event]
 
-    assert store.append_chain(job_id, event) is True
-    assert store.append_chain(job_id, event) is False
-
-    assert chain(redis_client, job_id) == [chain_link(dispatch), chain_link(event)]
-    assert [link["id"] for link in store.chain(job_id)] == [dispatch.id, event.id]
+    assert [link["id"] for link in db.store.chain(job_id)] == [e.id for e in expected]
+    assert db.store.chain(job_id) == [json.loads(chain_link(e)) for e in expected]
+    assert len(db.chain(job_id)) == 2 * epochs + 2
+    assert {"link:000009:b", "link:000010:a", "link:000010:d"} <= set(db.chain(job_id))
+    job = db.store.get(job_id)  # the record reads without its chain
+    assert job is not None
+    assert (job.status, job.epoch, job.attempts, job.result) == (
+        JobStatus.COMPLETED,
+        epochs,
+        epochs,
+        1,
+    )
+    assert db.stats() == {"handler_executions": str(epochs)}
+    assert db.counts() == {"PENDING": "1", "COMPLETED": "1"}

@@ -1,6 +1,6 @@
 -- Assign a job to a worker if its epoch is still the one the distributor read:
 -- open a new epoch, count an attempt, move the job between workers' open-job sets
--- and append the dispatch envelope to the causal chain.
+-- and record the dispatch envelope in the causal chain (field link:{epoch}:a of the record).
 -- Returns one of
 --   {'ok', epoch}                  assigned; epoch is the new one
 --   {'redo', epoch, assignee}      this same dispatch message assigned it already
@@ -12,7 +12,6 @@
 local job_key = KEYS[1]        -- job:{id}
 local open_jobs_key = KEYS[2]  -- jobs:open
 local counts_key = KEYS[3]     -- jobs:count
-local chain_key = KEYS[4]      -- job:chain:{id}
 
 local job_id = ARGV[1]
 local expected_epoch = tonumber(ARGV[2])
@@ -43,12 +42,11 @@ if attempts > max_attempts then
 end
 epoch = epoch + 1
 redis.call('HSET', job_key, 'status', 'ASSIGNED', 'epoch', epoch, 'assignee', worker_id,
-  'attempts', attempts, 'updated_ms', now_ms, 'dispatch_msg', dispatch_id)
+  'attempts', attempts, 'updated_ms', now_ms, 'dispatch_msg', dispatch_id,
+  string.format('link:%06d:a', epoch), chain_link)
 if assignee and assignee ~= '' then redis.call('SREM', worker_jobs_prefix .. assignee, job_id) end
 redis.call('SADD', worker_jobs_prefix .. worker_id, job_id)
 redis.call('ZADD', open_jobs_key, now_ms, job_id)
-redis.call('HINCRBY', counts_key, 'ASSIGNED', 1)
-redis.call('RPUSH', chain_key, chain_link)
 redis.call('PUBLISH', channel, cjson.encode({job_id=job_id, status='ASSIGNED', epoch=epoch,
   assignee=worker_id}))
 return {'ok', tostring(epoch)}

@@ -5,16 +5,14 @@
 local job_key = KEYS[1]        -- job:{id}
 local open_jobs_key = KEYS[2]  -- jobs:open
 local counts_key = KEYS[3]     -- jobs:count
-local intents_key = KEYS[4]    -- jobs:intents
-local intent_key = KEYS[5]     -- job:intent:{id}
+local intents_key = KEYS[4]    -- jobs:intents (hash job id -> the submit call)
 
 local job_id = ARGV[1]
 local now_ms = ARGV[2]
 local channel = ARGV[3]
 -- ARGV[4..]: field, value, field, value, ... of the new record
 
-redis.call('ZREM', intents_key, job_id)
-redis.call('DEL', intent_key)
+redis.call('HDEL', intents_key, job_id)
 if redis.call('EXISTS', job_key) == 1 then return 0 end
 redis.call('HSET', job_key, unpack(ARGV, 4))
 redis.call('ZADD', open_jobs_key, now_ms, job_id)
