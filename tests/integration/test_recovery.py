@@ -124,6 +124,18 @@ def _assert_one_result_each(cluster: Cluster, results: list[AsyncResult], timeou
         assert record is not None and record.status is JobStatus.COMPLETED, result.id
 
 
+def running_elsewhere(jobs: JobStore, victims: set[str], dead: str) -> bool:
+    """Every job the dead worker held is done, or running on another worker."""
+    for job_id in victims:
+        record = jobs.get(job_id)
+        assert record is not None
+        if record.status is JobStatus.COMPLETED:
+            continue
+        if record.assignee == dead or record.status is not JobStatus.IN_PROGRESS:
+            return False
+    return True
+
+
 def test_killed_worker_jobs_rerouted_and_completed(cluster: Cluster) -> None:
     results = [cluster.submit("generic", {"echo": i, "sleep_s": 0.6}) for i in range(48)]
     wait_for(lambda: len(cluster.jobs.open_jobs_of("w1")) >= 4, 30, "w1 to hold jobs")
@@ -131,17 +143,7 @@ def test_killed_worker_jobs_rerouted_and_completed(cluster: Cluster) -> None:
     cluster.deployment.kill("w1")
     killed_at = time.monotonic()
 
-    def running_elsewhere() -> bool:
-        for job_id in victims:
-            record = cluster.jobs.get(job_id)
-            assert record is not None
-            if record.status is JobStatus.COMPLETED:
-                continue
-            if record.assignee == "w1" or record.status is not JobStatus.IN_PROGRESS:
-                return False
-        return True
-
-    wait_for(running_elsewhere, 30, "w1's jobs to run elsewhere")
+    wait_for(lambda: running_elsewhere(cluster.jobs, victims, "w1"), 30, "w1's jobs elsewhere")
     recovery_s = time.monotonic() - killed_at
     print(f"\nrecovery: {len(victims)} jobs of killed w1 running elsewhere after {recovery_s:.2f}s")
     assert recovery_s < RECOVERY_LIMIT_S
@@ -380,17 +382,7 @@ def test_recovery_with_default_settings(redis_server: EmbeddedRedis, tmp_path: P
         deployment.kill("w2")
         killed_at = time.monotonic()
 
-        def running_elsewhere() -> bool:
-            for job_id in victims:
-                record = jobs.get(job_id)
-                assert record is not None
-                if record.status is JobStatus.COMPLETED:
-                    continue
-                if record.assignee == "w2" or record.status is not JobStatus.IN_PROGRESS:
-                    return False
-            return True
-
-        wait_for(running_elsewhere, 40, "w2's jobs to run elsewhere")
+        wait_for(lambda: running_elsewhere(jobs, victims, "w2"), 40, "w2's jobs elsewhere")
         recovery_s = time.monotonic() - killed_at
         print(
             f"\nrecovery with defaults (heartbeat timeout {default_timeout_s}s): "
