@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from conftest import redis_url
 from redis import Redis
+from support.agents import agent_card
 from support.polling import wait_for
 
 from project.coordinator.view import CoordinatorView
 from project.core.a2a.envelope import Envelope, Keyring, Signer
-from project.core.models import AgentCard, JobSpec, JobStatus, Skill
+from project.core.models import JobSpec, JobStatus
 from project.core.state.connections import connect_redis
 from project.core.state.jobs import JobStore
 from project.core.state.notifications import Subscriber
@@ -26,19 +27,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 SIGNER = Signer(Keyring({"test": b"k" * 32}), ttl_s=600)
 SPEC = JobSpec(task_type="compute", payload={"operation": "sum", "values": [1]})
-
-
-def card(agent_id: str, tier: str = "worker") -> AgentCard:
-    return AgentCard(
-        name=agent_id,
-        description="test agent",
-        version="0",
-        url=f"celery://worker.{agent_id}",
-        skills=[Skill(id="compute", name="compute")],
-        id=agent_id,
-        tier=tier,
-        queue=f"worker.{agent_id}",
-    )
 
 
 def request(job_id: str) -> Envelope:
@@ -145,9 +133,9 @@ def test_view_follows_job_transitions(redis_client: Redis, view: CoordinatorView
 
 def test_view_follows_agents(redis_client: Redis, view: CoordinatorView) -> None:
     registry = AgentRegistry(redis_client)
-    registry.register(card("w1"))
-    registry.register(card("w2"))
-    registry.register(card("d1", tier="distributor"))
+    registry.register(agent_card("w1"))
+    registry.register(agent_card("w2"))
+    registry.register(agent_card("d1", tier="distributor"))
     wait_for(lambda: view.agents_by_state() == {"alive": 3}, 10, "three live agents")
     registry.mark_dead("w1")
     wait_for(lambda: view.agents_by_state() == {"alive": 2, "dead": 1}, 10, "w1 dead")
@@ -164,8 +152,8 @@ def test_view_starts_from_the_state_already_in_redis(redis_client: Redis) -> Non
         jobs.create(job_id, SPEC, deadline_ms=0)
     jobs.assign("a", expected_epoch=0, worker_id="w1", max_attempts=3, dispatch=request("a"))
     jobs.finish("b", epoch=0, status=JobStatus.COMPLETED, result=1)
-    registry.register(card("w1"))
-    registry.register(card("w2"))
+    registry.register(agent_card("w1"))
+    registry.register(agent_card("w2"))
     registry.mark_dead("w2")
 
     late = CoordinatorView(redis_client, redis_url(15)).start()

@@ -20,13 +20,14 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from redis import Redis
 from redis.exceptions import OutOfMemoryError
+from support.agents import agent_card
 
 from project.cli import collect_status
 from project.core.celery_app import kombu_patches
 from project.core.celery_app.config import celery_config
 from project.core.constants import KEY_AGENT_HEARTBEATS, KEY_JOBS_COUNT
 from project.core.errors import WriteRefusedError
-from project.core.models import AgentCard, JobStatus, Skill
+from project.core.models import JobStatus
 from project.core.runtime import Runtime
 from project.core.settings import Settings
 from project.core.state.connections import connect_redis, ride_out_writes
@@ -93,19 +94,6 @@ def _refusals(op: str) -> float:
     return sum(samples)
 
 
-def _card(agent_id: str) -> AgentCard:
-    return AgentCard(
-        name=agent_id,
-        description="test agent",
-        version="0",
-        url=f"celery://worker.{agent_id}",
-        skills=[Skill(id="generic", name="generic")],
-        id=agent_id,
-        tier="worker",
-        queue=f"worker.{agent_id}",
-    )
-
-
 # --- the parts, one by one -----------------------------------------------------------
 
 
@@ -136,7 +124,7 @@ def test_a_refused_write_waits_where_writes_are_ridden_out(
 
 def test_heartbeats_go_through_a_full_redis_and_mark_the_agent_degraded(admin: Redis) -> None:
     registry = AgentRegistry(admin)
-    registry.register(_card("full-w1"))
+    registry.register(agent_card("full-w1", skill="generic"))
     try:
         first = int(admin.zscore(KEY_AGENT_HEARTBEATS, "full-w1") or 0)
         _full(admin)

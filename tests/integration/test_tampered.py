@@ -349,6 +349,34 @@ def test_a_pickled_message_is_refused_by_content_type(
 # --- the other tiers refuse forgeries too -----------------------------------------------
 
 
+def forged_in_chain(
+    target: Target,
+    key_id: str,
+    message_type: MessageType,
+    route: tuple[str, str],
+    payload: dict[str, Any],
+) -> Envelope:
+    """An envelope in ``target``'s chain, signed by a key of id ``key_id`` the deployment lacks.
+
+    Args:
+        target: The job whose chain the envelope continues (its dispatch is the parent).
+        key_id: The key id the forger claims.
+        message_type: The envelope's type.
+        route: Sender and recipient.
+        payload: The envelope's payload.
+    """
+    sender, recipient = route
+    return other_key_signer(key_id).sign(
+        message_type,
+        sender=sender,
+        recipient=recipient,
+        payload=payload,
+        origin=COORDINATOR,
+        request_id=target.job_id,
+        parent_request_id=target.dispatch.id,
+    )
+
+
 def forged_completion(target: Target) -> Envelope:
     report = WorkReport(
         job_id=target.job_id,
@@ -358,14 +386,12 @@ def forged_completion(target: Target) -> Envelope:
         worker_id=WORKER,
         duration_ms=1.0,
     )
-    return other_key_signer(get_runtime().keyring.active_key_id).sign(
+    return forged_in_chain(
+        target,
+        get_runtime().keyring.active_key_id,
         MessageType.RESPONSE,
-        sender=WORKER,
-        recipient=DISTRIBUTOR,
-        payload=report.model_dump(mode="json"),
-        origin=COORDINATOR,
-        request_id=target.job_id,
-        parent_request_id=target.dispatch.id,
+        (WORKER, DISTRIBUTOR),
+        report.model_dump(mode="json"),
     )
 
 
@@ -396,14 +422,12 @@ def tampered_dispatch(target: Target) -> Any:
 
 def forged_event(target: Target) -> Envelope:
     event = JobEvent(job_id=target.job_id, epoch=1, status=JobStatus.COMPLETED, worker_id=WORKER)
-    return other_key_signer("rogue").sign(
+    return forged_in_chain(
+        target,
+        "rogue",
         MessageType.EVENT,
-        sender=DISTRIBUTOR,
-        recipient=COORDINATOR,
-        payload=event.model_dump(mode="json"),
-        origin=COORDINATOR,
-        request_id=target.job_id,
-        parent_request_id=target.dispatch.id,
+        (DISTRIBUTOR, COORDINATOR),
+        event.model_dump(mode="json"),
     )
 
 
