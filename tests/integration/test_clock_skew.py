@@ -8,8 +8,9 @@ worker is ever marked dead. Envelopes carry their signer's clock, and with a 20 
 
 Needs libfaketime (Debian package ``faketime``); skipped with the reason where it is
 missing. Only the wall clock is faked (``FAKETIME_DONT_FAKE_MONOTONIC=1``): a faked
-monotonic clock hangs lock timeouts. ``tests/support/faketime_shim`` mends the
-``time.sleep`` that libfaketime 0.9.10 breaks in that mode.
+monotonic clock hangs lock timeouts. A ``sitecustomize`` shim (written by
+``tools.chaos.skew.write_shim``) mends the ``time.sleep`` that libfaketime 0.9.10
+breaks in that mode.
 """
 
 from __future__ import annotations
@@ -18,38 +19,31 @@ import json
 import os
 import subprocess
 import sys
-import sysconfig
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from celery import Celery
 from celery.result import AsyncResult
 from conftest import redis_url
-from redis import Redis
 from redis.client import PubSub
-from support.deployments import deployment_on
+from support.deployments import DeploymentClient, deployment_on
 from support.polling import wait_for
 
 from project.client import submit_many
 from project.core.a2a.envelope import now_ms
-from project.core.celery_app.config import celery_config
 from project.core.constants import CHANNEL_AGENTS, KEY_STATS_HEALTH, KEY_STATS_REFUSED
 from project.core.models import JobStatus
-from project.core.settings import Settings
 from project.core.state.connections import connect_redis
-from project.core.state.jobs import JobStore
-from project.core.state.registry import AgentRegistry
 from project.local.deployment import LocalDeployment
 from project.local.embedded_redis import EmbeddedRedis
 from project.local.topology import default_topology, worker_service
+from tools.chaos import skew
 
 pytestmark = pytest.mark.integration
 
 DB = 9
-SHIM = Path(__file__).resolve().parent.parent / "support" / "faketime_shim"
 OFFSETS_S = {"w1": -45, "w2": +45}
 """Each skewed worker's wall clock, relative to the true one."""
 TTL_S = 20
@@ -60,28 +54,9 @@ HEALTH_CHECKS = 8
 HEARTBEAT_TIMEOUT_S = float(os.environ["AGENTS_HEARTBEAT_TIMEOUT_S"])  # set by conftest
 
 
-def _libfaketime() -> Path | None:
-    multiarch = sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu"
-    for folder in (
-        f"/usr/lib/{multiarch}/faketime",
-        "/usr/lib/faketime",
-        "/usr/local/lib/faketime",
-        "/usr/lib64/faketime",
-    ):
-        candidate = Path(folder) / "libfaketime.so.1"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def skewed_env(library: Path, offset_s: int) -> dict[str, str]:
+def skewed_env(library: Path, offset_s: int, shim: Path) -> dict[str, str]:
     """The environment that runs a Python process with its wall clock ``offset_s`` off."""
-    return {
-        "LD_PRELOAD": str(library),
-        "FAKETIME": f"{offset_s:+d}s",
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(SHIM), os.environ.get("PYTHONPATH")])),
-    }
+    return skew.skewed_env(library, offset_s, shim, os.environ.get("PYTHONPATH"))
 
 
 _PROBE = """
@@ -94,15 +69,16 @@ print(json.dumps({"wall_ms": time.time_ns() // 1_000_000,
 """
 
 
-def libfaketime_or_skip() -> Path:
-    """libfaketime, checked to shift this Python's wall clock and to leave its sleep working."""
-    library = _libfaketime()
+def libfaketime_or_skip(shim: Path) -> Path:
+    """libfaketime, checked to shift this Python's wall clock and to leave its sleep working
+    with the sleep shim in folder ``shim``."""
+    library = skew.find_libfaketime()
     if library is None:
         pytest.skip(
             "libfaketime.so.1 not found (looked under /usr/lib/<multiarch>/faketime, "
             "/usr/lib/faketime, /usr/local/lib/faketime): install Debian's 'faketime' package"
         )
-    env = {**os.environ, **skewed_env(library, OFFSETS_S["w2"])}
+    env = {**os.environ, **skewed_env(library, OFFSETS_S["w2"], shim)}
     before = now_ms()
     probe = subprocess.run(
         [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=30
@@ -119,17 +95,12 @@ def libfaketime_or_skip() -> Path:
     return library
 
 
-class Cluster:
+class Cluster(DeploymentClient):
     """The skewed deployment on database ``DB`` and a client bound to it."""
 
     def __init__(self, deployment: LocalDeployment, events: PubSub) -> None:
-        self.deployment = deployment
+        super().__init__(deployment, DB, "clock-skew-client")
         self.events = events
-        self.redis: Redis = connect_redis(redis_url(DB))
-        self.jobs = JobStore(self.redis, result_ttl_s=3600)
-        self.registry = AgentRegistry(self.redis)
-        self.client = Celery("clock-skew-client", set_as_current=False)
-        self.client.conf.update(celery_config(Settings(redis_url=redis_url(DB))))
 
     def health_runs(self) -> int:
         return int(self.redis.hget(KEY_STATS_HEALTH, "runs") or 0)
@@ -147,10 +118,11 @@ class Cluster:
 def cluster(
     redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
-    library = libfaketime_or_skip()
+    shim = skew.write_shim(tmp_path_factory.mktemp("faketime-shim"))
+    library = libfaketime_or_skip(shim)
     services = [
         *default_topology(workers=(), distributors=1, beat=True),
-        *(worker_service(w, **skewed_env(library, off)) for w, off in OFFSETS_S.items()),
+        *(worker_service(w, **skewed_env(library, off, shim)) for w, off in OFFSETS_S.items()),
     ]
     # Subscribed before anything starts, so no dead mark of the agents' lifetime is missed.
     events = connect_redis(redis_url(DB)).pubsub(ignore_subscribe_messages=True)

@@ -19,7 +19,7 @@ import pytest
 from celery import Celery
 from celery.result import AsyncResult
 from conftest import redis_url, start_deployment
-from redis import Redis
+from support.deployments import DeploymentClient
 from support.polling import wait_for
 
 from project.client import submit_many
@@ -30,7 +30,6 @@ from project.core.models import JobStatus
 from project.core.settings import Settings
 from project.core.state.connections import connect_redis
 from project.core.state.jobs import JobStore
-from project.core.state.registry import AgentRegistry
 from project.local.deployment import LocalDeployment
 from project.local.embedded_redis import EmbeddedRedis
 
@@ -41,16 +40,11 @@ SUPPORT = Path(__file__).resolve().parent.parent / "support"
 RECOVERY_LIMIT_S = 15.0
 
 
-class Cluster:
+class Cluster(DeploymentClient):
     """A deployment on database ``DB`` with a client bound to it."""
 
     def __init__(self, deployment: LocalDeployment) -> None:
-        self.deployment = deployment
-        self.redis: Redis = connect_redis(redis_url(DB))
-        self.jobs = JobStore(self.redis, result_ttl_s=3600)
-        self.registry = AgentRegistry(self.redis)
-        self.client = Celery("recovery-client", set_as_current=False)
-        self.client.conf.update(celery_config(Settings(redis_url=redis_url(DB))))
+        super().__init__(deployment, DB, "recovery-client")
 
     def submit(self, task_type: str, payload: dict[str, Any], **options: Any) -> AsyncResult:
         """Submit as an app does: the intent first, so a submit lost with Redis is re-sent."""
@@ -409,24 +403,17 @@ def test_stale_copy_of_a_rerouted_job_is_dropped(cluster: Cluster) -> None:
     job_id = uuid()
     spec = JobSpec(task_type="compute", payload={"operation": "sum", "values": [1]})
     assert cluster.jobs.create(job_id, spec, deadline_ms=now_ms() + 60_000)
-    first = signer.request(
-        sender="coordinator", recipient="distributor", payload={}, request_id=job_id
-    )
-    assert (
-        cluster.jobs.assign(
-            job_id, expected_epoch=0, worker_id="w2", max_attempts=3, dispatch=first
-        ).kind
-        == "ok"
-    )
-    second = signer.request(
-        sender="coordinator", recipient="distributor", payload={}, request_id=job_id
-    )
-    assert (
-        cluster.jobs.assign(
-            job_id, expected_epoch=1, worker_id="w3", max_attempts=3, dispatch=second
-        ).epoch
-        == 2
-    )
+    dispatches = []
+    for epoch, worker_id in enumerate(("w2", "w3")):
+        dispatch = signer.request(
+            sender="coordinator", recipient="distributor", payload={}, request_id=job_id
+        )
+        assigned = cluster.jobs.assign(
+            job_id, expected_epoch=epoch, worker_id=worker_id, max_attempts=3, dispatch=dispatch
+        )
+        assert (assigned.kind, assigned.epoch) == ("ok", epoch + 1)
+        dispatches.append(dispatch)
+    first = dispatches[0]
     finished = cluster.jobs.finish(job_id, epoch=2, status=JobStatus.COMPLETED, result={"r": 1})
     assert finished.kind == "recorded"  # w3 ran it
     order = WorkOrder(job_id=job_id, epoch=1, task_type="compute", payload=spec.payload)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 from redis import Redis
+from support.envelopes import bare_envelope
 
 from project.core.a2a.envelope import Envelope, Keyring, MessageType, Signer, now_ms, verify
 from project.core.errors import ExpiredEnvelopeError, ReplayError, UnknownKeyError
@@ -106,15 +107,8 @@ def test_replay_error_names_the_message_and_the_job(redis_client: Redis) -> None
 
 
 def test_an_expired_envelope_is_refused_before_redis(redis_client: Redis) -> None:
-    expired = SIGNER.sign(
-        MessageType.REQUEST,
-        sender="distributor",
-        recipient="w1",
-        payload={},
-        origin="distributor",
-        request_id="r",
-        parent_request_id=None,
-        ttl_ms=-1,
+    expired = bare_envelope(
+        SIGNER, MessageType.REQUEST, sender="distributor", recipient="w1", ttl_ms=-1
     )
     with pytest.raises(ExpiredEnvelopeError):
         verify(expired.to_wire(), KEYRING, max_bytes=MAX_BYTES)

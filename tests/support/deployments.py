@@ -7,9 +7,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from celery import Celery
 from conftest import redis_url, start_deployment
+from redis import Redis
 
+from project.core.celery_app.config import celery_config
+from project.core.settings import Settings
 from project.core.state.connections import connect_redis
+from project.core.state.jobs import JobStore
+from project.core.state.registry import AgentRegistry
 from project.local.deployment import LocalDeployment
 
 
@@ -28,3 +34,21 @@ def deployment_on(db: int, log_dir: Path, **options: Any) -> Iterator[LocalDeplo
         yield deployment
     finally:
         deployment.stop()
+
+
+class DeploymentClient:
+    """A running deployment with a job store, a registry and a Celery client on its database.
+
+    Args:
+        deployment: The running deployment.
+        db: The session redis-server's database it uses.
+        client_name: The Celery client's main name.
+    """
+
+    def __init__(self, deployment: LocalDeployment, db: int, client_name: str) -> None:
+        self.deployment = deployment
+        self.redis: Redis = connect_redis(redis_url(db))
+        self.jobs = JobStore(self.redis, result_ttl_s=3600)
+        self.registry = AgentRegistry(self.redis)
+        self.client = Celery(client_name, set_as_current=False)
+        self.client.conf.update(celery_config(Settings(redis_url=redis_url(db))))

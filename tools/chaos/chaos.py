@@ -483,16 +483,37 @@ class Cluster:
                 return False
         return True
 
+    def _seconds_until(
+        self,
+        check: Callable[[], bool],
+        since: float,
+        timeout_s: float,
+        problem: str,
+        every_s: float = 0.1,
+    ) -> float | None:
+        """Seconds from monotonic ``since`` until ``check`` holds; None and ``problem`` noted
+        if it does not within ``timeout_s``."""
+        if _wait(check, timeout_s, every_s=every_s):
+            return round(time.monotonic() - since, 2)
+        self.problems.append(problem)
+        return None
+
+    def _fault(self, kind: str, at: float, **figures: Any) -> None:
+        """Record a fault of ``kind`` that came at monotonic ``at``, with its figures."""
+        self.faults.append({"kind": kind, "at_s": round(at - self.started, 2), **figures})
+
     def kill_worker(self, workload: Workload, name: str) -> None:
         """SIGKILL a worker mid-job; time its jobs' recovery; restart it."""
         self.load_workers(workload, name)
         held = self.held_by(name)
         self.deployment.kill(name)
         killed = time.monotonic()
-        recovered = _wait(lambda: self._recovered(list(held), name), 90.0)
-        recovery_s = round(time.monotonic() - killed, 2) if recovered else None
-        if not recovered:
-            self.problems.append(f"jobs of killed {name} not recovered within 90 s")
+        recovery_s = self._seconds_until(
+            lambda: self._recovered(list(held), name),
+            killed,
+            90.0,
+            f"jobs of killed {name} not recovered within 90 s",
+        )
         self.restart(name)
         self.faults.append(
             {
@@ -513,15 +534,14 @@ class Cluster:
         stopped = time.monotonic()
         rerouted: list[str] = []
         try:
-            recovered = _wait(
+            recovery_s = self._seconds_until(
                 lambda: (
                     name in self.rt.registry.dead_agents() and self._recovered(list(held), name)
                 ),
+                stopped,
                 90.0,
+                f"jobs of stopped {name} not recovered within 90 s",
             )
-            recovery_s = round(time.monotonic() - stopped, 2) if recovered else None
-            if not recovered:
-                self.problems.append(f"jobs of stopped {name} not recovered within 90 s")
             rerouted = [j for j, s in self.states(list(running)).items() if s[2] != running[j]]
             ignored_before = self.stat(KEY_STATS_JOBS, "stale_results_ignored")
         finally:
@@ -580,20 +600,15 @@ class Cluster:
         self.server.start()
         restarted = time.monotonic()
         after_restart = self.completed_count()
-        resumed = _wait(lambda: self.completed_count() > after_restart, 120.0)
-        resume_s = round(time.monotonic() - restarted, 2) if resumed else None
-        if not resumed:
-            self.problems.append("no job completed within 120 s of the Redis restart")
+        resume_s = self._seconds_until(
+            lambda: self.completed_count() > after_restart,
+            restarted,
+            120.0,
+            "no job completed within 120 s of the Redis restart",
+        )
         if after_restart < before:
             self.problems.append(f"COMPLETED count went back from {before} to {after_restart}")
-        self.faults.append(
-            {
-                "kind": "redis_restart",
-                "at_s": round(killed - self.started, 2),
-                "down_s": round(restarted - killed, 2),
-                "resume_s": resume_s,
-            }
-        )
+        self._fault("redis_restart", killed, down_s=round(restarted - killed, 2), resume_s=resume_s)
 
     def fill_redis(self, workload: Workload, full_s: float) -> None:
         """Fill Redis to maxmemory (noeviction) while jobs run; keep it full; raise it again.
@@ -638,10 +653,13 @@ class Cluster:
         admin.delete("chaos:padding")
         with self._lock:
             ids = list(self.jobs)
-        done = _wait(lambda: not self.unfinished(ids), 120.0, every_s=0.2)
-        done_s = round(time.monotonic() - raised, 2) if done else None
-        if not done:
-            self.problems.append("accepted jobs not done within 120 s of Redis taking writes")
+        done_s = self._seconds_until(
+            lambda: not self.unfinished(ids),
+            raised,
+            120.0,
+            "accepted jobs not done within 120 s of Redis taking writes",
+            every_s=0.2,
+        )
         if not refused or peak <= limit:
             self.problems.append("Redis never refused a submit: it was not full")
         if any("nothing was submitted" not in e for e in refused):
@@ -649,17 +667,15 @@ class Cluster:
         agents = {self.agent_id(name) for name in self.deployment.processes if name != "beat"}
         if not agents <= degraded:
             self.problems.append(f"not shown degraded while Redis was full: {agents - degraded}")
-        self.faults.append(
-            {
-                "kind": "redis_full",
-                "at_s": round(filled - self.started, 2),
-                "full_s": round(raised - filled, 2),
-                "maxmemory_bytes": limit,
-                "submits_refused": len(refused),
-                "submits_accepted_while_full": accepted,
-                "agents_degraded": len(degraded & agents),
-                "all_done_after_s": done_s,
-            }
+        self._fault(
+            "redis_full",
+            filled,
+            full_s=round(raised - filled, 2),
+            maxmemory_bytes=limit,
+            submits_refused=len(refused),
+            submits_accepted_while_full=accepted,
+            agents_degraded=len(degraded & agents),
+            all_done_after_s=done_s,
         )
         admin.close()
 
@@ -722,20 +738,18 @@ class Cluster:
         agents = [self.agent_id(name) for name in DISTRIBUTORS]
         if not _wait(lambda: not set(agents) & self.rt.registry.dead_agents(), 60.0):
             self.problems.append("backlog: a distributor was not re-admitted after SIGCONT")
-        self.faults.append(
-            {
-                "kind": "backlog",
-                "at_s": round(stopped - self.started, 2),
-                "stopped_s": round(resumed - stopped, 2),
-                "envelope_ttl_s": ENVELOPE_TTL_S,
-                "clock_skew_s": CLOCK_SKEW_S,
-                "jobs_in_flight_at_stop": len(waiting),
-                "jobs_queued_during_stop": len(arrived),
-                "envelopes_readmitted": readmitted,
-                "all_done_after_s": done_s,
-                "attempts": dict(sorted(attempts.items())),
-                "resent_by_health_check": resends,
-            }
+        self._fault(
+            "backlog",
+            stopped,
+            stopped_s=round(resumed - stopped, 2),
+            envelope_ttl_s=ENVELOPE_TTL_S,
+            clock_skew_s=CLOCK_SKEW_S,
+            jobs_in_flight_at_stop=len(waiting),
+            jobs_queued_during_stop=len(arrived),
+            envelopes_readmitted=readmitted,
+            all_done_after_s=done_s,
+            attempts=dict(sorted(attempts.items())),
+            resent_by_health_check=resends,
         )
 
     def _resends(self) -> int:

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from support.envelopes import bare_envelope
 
 from project.core.a2a import envelope as envelope_module
 from project.core.a2a.envelope import Envelope, Keyring, MessageType, Signer, verify
@@ -139,14 +140,11 @@ def test_the_rule_for_any_clocks(
     signed_ms = TRUE_NOW_MS + signer_offset_ms
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(envelope_module, "now_ms", lambda: signed_ms)
-        envelope = Signer(KEYRING, ttl_s=TTL_S).sign(
+        envelope = bare_envelope(
+            Signer(KEYRING, ttl_s=TTL_S),
             MessageType.REQUEST,
             sender="w1",
             recipient="distributor",
-            payload={},
-            origin="w1",
-            request_id="r",
-            parent_request_id=None,
             ttl_ms=ttl_ms,
         )
     verifier_ms = TRUE_NOW_MS + delay_ms + verifier_offset_ms
