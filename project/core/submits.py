@@ -23,6 +23,8 @@ from typing import Any
 
 from celery import Celery
 from celery.result import AsyncResult
+from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from project.core.constants import TASK_SUBMIT
 from project.core.errors import WriteRefusedError
@@ -53,20 +55,23 @@ def record_submits(store: JobStore, calls: dict[str, dict[str, Any]]) -> None:
 def publish_recorded(
     celery_app: Celery, job_id: str, publish: Callable[[], AsyncResult]
 ) -> AsyncResult:
-    """Run ``publish`` for a submit whose intent is recorded; a refused publish is deferred.
+    """Run ``publish`` for a submit whose intent is recorded; a failed publish is deferred.
 
     The intent is there, so the health check sends the submit once Redis takes
-    writes; the AsyncResult returned either way gets the job's result.
+    writes (or the broker connection is back): a refused write, or a broker channel
+    a refusal closed, defers the submit instead of failing it. The AsyncResult
+    returned either way gets the job's result.
     """
     try:
         return publish()
     except Exception as exc:
-        if write_refusal(exc) is None:
+        reason = write_refusal(exc)
+        if reason is None and not isinstance(exc, OperationalError | RedisConnectionError):
             raise
         log.warning(
-            "Redis refused to publish a recorded submit (%s); the coordinator's health check "
+            "could not publish a recorded submit (%s); the coordinator's health check "
             "sends it once Redis takes writes",
-            write_refusal(exc),
+            reason or exc,
             extra={"job_id": job_id},
         )
         result = celery_app.AsyncResult(job_id)

@@ -173,3 +173,29 @@ def test_other_submit_errors_pass_through() -> None:
     store: Any = _Store(RedisConnectionError("Connection refused"))
     with pytest.raises(RedisConnectionError):
         record_submits(store, {"job-1": {"args": ["generic", {}], "kwargs": {}}})
+
+
+def test_a_recorded_submit_whose_broker_publish_fails_is_deferred_not_lost() -> None:
+    """The intent is recorded, so a publish on a closed broker channel is re-sent later."""
+    from celery import Celery
+    from kombu.exceptions import OperationalError
+
+    from project.core.submits import publish_recorded
+
+    def closed_channel() -> Any:
+        raise OperationalError("broker channel is closed (its connection was lost)")
+
+    result = publish_recorded(Celery("deferred", set_as_current=False), "job-7", closed_channel)
+    assert result.id == "job-7" and result.ignored is False
+
+
+def test_any_other_publish_error_reaches_the_caller() -> None:
+    from celery import Celery
+
+    from project.core.submits import publish_recorded
+
+    def broken() -> Any:
+        raise ValueError("not JSON serializable")
+
+    with pytest.raises(ValueError, match="serializable"):
+        publish_recorded(Celery("raises", set_as_current=False), "job-8", broken)
