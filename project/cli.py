@@ -12,7 +12,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import typer
 from rich.console import Console
 from rich.json import JSON
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -222,7 +223,14 @@ def _read_jobs(path: Path, priority: str) -> list[dict[str, Any]]:
                 job.get("payload"), dict
             ):
                 raise _fail(f"{path}:{number}: needs a string 'task_type' and an object 'payload'")
-            unknown = set(job) - {"task_type", "payload", "priority", "requirements", "deadline_s"}
+            unknown = set(job) - {
+                "task_type",
+                "payload",
+                "priority",
+                "requirements",
+                "deadline_s",
+                "input_timeout_s",
+            }
             if unknown:
                 raise _fail(f"{path}:{number}: unknown fields {sorted(unknown)}")
             job.setdefault("priority", priority)
@@ -252,14 +260,33 @@ def submit(
     deadline_s: Annotated[
         float | None, typer.Option(help="How long the job may wait for a worker.")
     ] = None,
+    input_timeout_s: Annotated[
+        float | None,
+        typer.Option(help="How long an agent may wait for input before it fails."),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the result(s).")] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 60.0,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            help="Print the job's events as they come, then its result; stop (exit 0) "
+            "when it waits for input.",
+        ),
+    ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(help="Seconds to wait with --wait; with --follow, without a new event."),
+    ] = 60.0,
     file: Annotated[
         Path | None,
         typer.Option("--file", "-f", help="JSON Lines: one {task_type, payload, ...} per line."),
     ] = None,
 ) -> None:
-    """Submit one job, or every job of a JSON Lines file (with a progress bar)."""
+    """Submit one job, or every job of a JSON Lines file (with a progress bar).
+
+    With --follow the exit code is 0 once the job completed or waits for input, 1 if it
+    failed, was canceled or went silent for --timeout seconds.
+    """
     from project.core.models import Priority
 
     if priority not in {p.value for p in Priority}:
@@ -267,6 +294,8 @@ def submit(
     if file is not None:
         if task_type is not None or payload is not None:
             raise _fail("give either TASK_TYPE PAYLOAD_JSON or --file, not both")
+        if follow:
+            raise _fail("--follow follows one job: give TASK_TYPE PAYLOAD_JSON, not --file")
         _submit_file(_read_jobs(file, priority), wait=wait, timeout=timeout)
         return
     if task_type is None or payload is None:
@@ -280,11 +309,16 @@ def submit(
         job["requirements"] = {"tags": [t.strip() for t in tags.split(",") if t.strip()]}
     if deadline_s is not None:
         job["deadline_s"] = deadline_s
+    if input_timeout_s is not None:
+        job["input_timeout_s"] = input_timeout_s
     from project.client import submit_many
 
     (result,) = submit_many([job])
     out = _out()
     out.print(f"submitted job [bold]{result.id}[/]")
+    if follow:
+        _follow_to_answer(_runtime(_settings()), result.id, None, idle_s=timeout)
+        return
     if not wait:
         return
     value = result.get(timeout=timeout)
@@ -517,17 +551,85 @@ def _format_event(channel: str, data: str) -> str:
     return f"{stamp}  {channel}  {data}"
 
 
-def _events(redis: Any, channels: list[str], seconds: float | None) -> Iterator[tuple[str, str]]:
+def _published(
+    redis: Any, channels: list[str], seconds: float | None, *, idle_s: float = 0.5
+) -> Iterator[tuple[str, str] | None]:
+    """Messages on ``channels`` as ``(channel, data)``, and None after each ``idle_s``
+    without one."""
     pubsub = redis.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(*channels)
     deadline = None if seconds is None else time.monotonic() + seconds
     try:
         while deadline is None or time.monotonic() < deadline:
-            message = pubsub.get_message(timeout=0.5)
+            message = pubsub.get_message(timeout=idle_s)
             if message is not None and message.get("type") == "message":
                 yield str(message["channel"]), str(message["data"])
+            else:
+                yield None
     finally:
         pubsub.close()
+
+
+class _ProgressTail:
+    """Reads on in the event logs of the jobs ``watch`` saw start running, for their step
+    updates and custom events (status changes come by pub/sub)."""
+
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis
+        self._cursors: dict[str, str] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._cursors)
+
+    def saw(self, job_id: str, status: str) -> None:
+        """Follow a job that started running; forget one that stopped."""
+        if status == "IN_PROGRESS":
+            self._cursors.setdefault(job_id, self._run_start(job_id))
+        else:
+            self._cursors.pop(job_id, None)
+
+    def _run_start(self, job_id: str) -> str:
+        """The cursor of the run's IN_PROGRESS event: its progress events come after."""
+        from project.core.constants import KEY_JOB_LOG
+
+        newest = self._redis.xrevrange(KEY_JOB_LOG + job_id, "+", "-", count=200)
+        for entry_id, fields in newest:
+            if fields.get("k") == "status" and '"IN_PROGRESS"' in fields.get("d", ""):
+                return str(entry_id)
+        return str(newest[0][0]) if newest else "0-0"
+
+    def read(self, job_id: str | None = None) -> list[tuple[str, Any]]:
+        """New progress events of every followed job (or of ``job_id``), one round trip."""
+        from project.core.constants import KEY_JOB_LOG
+        from project.core.state.joblog import JobLogEvent
+
+        streams = {
+            KEY_JOB_LOG + job: cursor
+            for job, cursor in self._cursors.items()
+            if job_id in (None, job)
+        }
+        if not streams:
+            return []
+        found: list[tuple[str, Any]] = []
+        for key, entries in self._redis.xread(streams, count=100) or []:
+            job = str(key)[len(KEY_JOB_LOG) :]
+            for entry_id, fields in entries:
+                self._cursors[job] = str(entry_id)
+                if fields.get("k") in ("update", "custom"):
+                    data = json.loads(fields.get("d", "{}"))
+                    event = JobLogEvent(
+                        id=entry_id,
+                        ms=int(fields.get("ms", 0)),
+                        kind=fields["k"],
+                        data=data if isinstance(data, dict) else {"value": data},
+                    )
+                    found.append((job, event))
+        return found
+
+
+def _format_progress(job_id: str, event: Any) -> str:
+    head, _ = _event_text(event)
+    return f"{_clock(event.ms)}  job    {job_id}  {event.kind:<11} {head}"
 
 
 @app.command()
@@ -537,27 +639,71 @@ def watch(
     seconds: Annotated[float | None, typer.Option(help="Stop after S seconds.")] = None,
     jobs: Annotated[bool, typer.Option(help="Show job events.")] = True,
     agents: Annotated[bool, typer.Option(help="Show agent events.")] = True,
+    progress: Annotated[
+        bool, typer.Option(help="Show running agents' step updates and custom events too.")
+    ] = True,
 ) -> None:
-    """Print job and agent state changes as they happen (Redis pub/sub). Ctrl-C stops."""
+    """Print job and agent state changes as they happen (Redis pub/sub). Ctrl-C stops.
+
+    A job that waits for input is shown with its interrupts (ids and values); with
+    --progress, a running agent's step updates and custom events come in between.
+    """
     from project.core.constants import CHANNEL_AGENTS, CHANNEL_JOBS
 
     channels = [c for c, on in ((CHANNEL_JOBS, jobs), (CHANNEL_AGENTS, agents)) if on]
     if not channels:
         raise _fail("nothing to watch: both --no-jobs and --no-agents given")
     settings = _settings()
+    redis = _redis(settings)
+    tail = _ProgressTail(redis) if jobs and progress else None
     out = _out()
     out.print(f"watching {', '.join(channels)} on {_redact(settings.redis_url)} (Ctrl-C stops)")
     seen = 0
+    idle_s = 0.25 if tail is not None else 0.5
     try:
-        for channel, data in _events(_redis(settings), channels, seconds):
-            out.print(_format_event(channel, data), markup=False, soft_wrap=True)
+        for message in _published(redis, channels, seconds, idle_s=idle_s):
+            for line, counts in _watch_lines(message, tail, redis, settings):
+                if counts and count is not None and seen >= count:
+                    break  # an event's own lines (its interrupts) are still printed
+                out.print(line, markup=False, soft_wrap=True)
+                seen += counts
             sys.stdout.flush()
-            seen += 1
             if count is not None and seen >= count:
                 break
     except KeyboardInterrupt:
         pass
     out.print(f"{seen} events")
+
+
+def _watch_lines(
+    message: tuple[str, str] | None, tail: _ProgressTail | None, redis: Any, settings: Any
+) -> list[tuple[str, bool]]:
+    """What ``watch`` prints for a message (or a quiet spell): ``(line, is an event)``."""
+    lines: list[tuple[str, bool]] = []
+    if message is None:
+        if tail:
+            lines += [(_format_progress(job, event), True) for job, event in tail.read()]
+        return lines
+    channel, data = message
+    try:
+        event = json.loads(data)
+    except ValueError:
+        event = None
+    job_id = event.get("job_id") if isinstance(event, dict) else None
+    status = str(event.get("status", "")) if isinstance(event, dict) else ""
+    if tail is not None and isinstance(job_id, str):
+        # Progress the job made before this change comes first.
+        lines += [(_format_progress(job, e), True) for job, e in tail.read(job_id)]
+        tail.saw(job_id, status)
+    lines.append((_format_event(channel, data), True))
+    if isinstance(job_id, str) and status == "INPUT_REQUIRED":
+        from project.core.state.jobs import JobStore
+
+        record = JobStore(redis, result_ttl_s=settings.result_ttl_s).get(job_id)
+        pending = record.interrupts if record is not None else []
+        indent = " " * len(f"00:00:00.000  job    {job_id}  ")  # under the status
+        lines += [(indent + line, False) for line in _interrupt_lines(pending)]
+    return lines
 
 
 # --- job ------------------------------------------------------------------------------
@@ -568,30 +714,48 @@ def watch(
 def job(
     job_id: Annotated[str, typer.Argument(help="The job id (the AsyncResult id).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    last: Annotated[int, typer.Option(min=0, help="How many of its last events to show.")] = 10,
 ) -> None:
-    """A job's record and its causal chain of A2A envelopes."""
-    from project.core.state.jobs import JobStore
+    """A job's record, what it waits for, its last events and its causal chain of A2A
+    envelopes."""
+    from project.core.models import JobStatus
 
     settings = _settings()
-    store = JobStore(_redis(settings), result_ttl_s=settings.result_ttl_s)
+    rt = _runtime(settings)
+    store = rt.jobs
     record = store.get(job_id)
     if record is None:
         raise _fail(
             f"no job {job_id!r} in Redis (finished jobs are kept {settings.result_ttl_s} s)"
         )
     chain = store.chain(job_id)
+    recent, logged = _log_tail(rt, job_id, last)
+    waiting = record.status is JobStatus.INPUT_REQUIRED
+    interrupts = record.interrupts if waiting else []
     if as_json:
-        print(json.dumps({"record": record.model_dump(mode="json"), "chain": chain}, indent=2))
+        report = {
+            "record": record.model_dump(mode="json"),
+            "interrupts": interrupts,
+            "events": [event.model_dump(mode="json") for event in recent],
+            "events_logged": logged,
+            "chain": chain,
+        }
+        print(json.dumps(report, indent=2))
         return
     out = _out()
     table = Table(title=f"job {job_id}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
-    for name in ("task_type", "status", "priority", "epoch", "attempts", "assignee"):
+    for name in ("task_type", "status", "priority", "epoch", "attempts", "retries", "assignee"):
         table.add_row(name, str(getattr(record, name)))
     table.add_row("created", _when(record.created_ms))
     table.add_row("updated", _when(record.updated_ms))
+    table.add_row("finished", _when(record.finished_ms))
     table.add_row("deadline", _when(record.deadline_ms))
+    if record.input_timeout_s is not None:
+        table.add_row("input timeout", f"{record.input_timeout_s:g} s")
+    for line in _interrupt_lines(interrupts):
+        table.add_row("[yellow]waits for[/]", escape(line))
     table.add_row("payload", json.dumps(record.payload)[:500])
     if record.requirements.tags or record.requirements.worker_ids:
         table.add_row("requirements", record.requirements.model_dump_json())
@@ -602,6 +766,21 @@ def job(
             "error", f"[red]{record.error.get('type', '')}: {record.error.get('message', '')}[/]"
         )
     out.print(table)
+    if waiting:
+        out.print(
+            f"answer it with: python -m project resume {job_id} 'VALUE'; "
+            f"or: python -m project cancel {job_id}",
+            markup=False,
+            soft_wrap=True,
+        )
+    if recent:
+        log = Table(title=f"last {len(recent)} of {logged} events (oldest first)")
+        for column in ("cursor", "at", "kind", "event"):
+            log.add_column(column)
+        for event in recent:
+            head, below = _event_text(event)
+            log.add_row(event.id, _clock(event.ms), event.kind, escape("\n".join([head, *below])))
+        out.print(log)
     links = Table(title="causal chain (oldest first)")
     for column in ("#", "type", "sender -> recipient", "seq", "signed at", "envelope", "parent"):
         links.add_column(column)
@@ -616,6 +795,296 @@ def job(
             str(link.get("parent_request_id") or "-")[:12],
         )
     out.print(links)
+
+
+# --- job logs: follow, events, resume, cancel -----------------------------------------
+
+EXIT_ALREADY_FINAL = 3
+"""``cancel``'s exit code for a job that was final already (nothing changed)."""
+
+_EVENT_INDENT = " " * 22
+"""Where the continuation lines of a printed event (its interrupts) start."""
+
+
+def _runtime(settings: Any) -> Any:
+    """The job API's dependencies, on a client that fails fast (see :func:`_redis`)."""
+    from project.core.runtime import Runtime
+
+    runtime = Runtime(settings)
+    runtime.redis = _redis(settings)
+    return runtime
+
+
+def _clock(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
+def _short(value: object, limit: int = 160) -> str:
+    """``value`` as one line of JSON, cut at ``limit`` characters."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _interrupt_lines(interrupts: Iterable[Mapping[str, Any]]) -> list[str]:
+    """One line per pending interrupt: its id (to answer it alone) and its value."""
+    return [f"interrupt {i.get('id', '?')}: {_short(i.get('value'), 2000)}" for i in interrupts]
+
+
+def _event_text(event: Any) -> tuple[str, list[str]]:
+    """What one event of a job's log says, and the lines under it (a park's interrupts)."""
+    data: Mapping[str, Any] = event.data
+    if event.kind == "update":
+        return "; ".join(f"{node}: {_update_text(update)}" for node, update in data.items()), []
+    if event.kind != "status":
+        return _short(data, 400), []
+    status = str(data.get("status", "?"))
+    details = [
+        f"{key}={data[key]}" for key in ("epoch", "worker") if data.get(key) not in (None, "")
+    ]
+    if data.get("resumed"):
+        details.append("resumed")
+    error = data.get("error")
+    if isinstance(error, dict):
+        details.append(f"error={error.get('type', '')}: {error.get('message', '')}")
+    elif status == "COMPLETED" and "result" in data:
+        details.append(f"result={_short(data['result'], 120)}")
+    interrupts = data.get("interrupts")
+    below = (
+        _interrupt_lines(i for i in interrupts if isinstance(i, dict))
+        if isinstance(interrupts, list)
+        else []
+    )
+    return f"{status:<14} {' '.join(details)}".rstrip(), below
+
+
+def _update_text(update: object, limit: int = 240) -> str:
+    """A step's state update in a line; chat messages as ``type: content``."""
+    if not isinstance(update, dict):
+        return _short(update, limit)
+    parts: list[str] = []
+    for key, value in update.items():
+        messages = value if isinstance(value, list) else []
+        if key == "messages" and all(isinstance(m, dict) and "type" in m for m in messages):
+            parts += [_message_text(m) for m in messages]
+        else:
+            parts.append(f"{key}={_short(value, limit)}")
+    text = " | ".join(parts)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _message_text(message: Mapping[str, Any]) -> str:
+    """A LangChain message (as JSON) in a few words: who, what, which tool calls."""
+    kind, content = message.get("type", "?"), message.get("content", "")
+    text = content if isinstance(content, str) else _short(content, 80)
+    if kind == "tool":
+        return f"tool {message.get('name', '')}: {text}"
+    calls = [
+        f"{c.get('name', '?')}({_short(c.get('args', {}), 80)})"
+        for c in message.get("tool_calls") or []
+        if isinstance(c, dict)
+    ]
+    if calls:
+        return f"{kind} calls {', '.join(calls)}" + (f" and says {text}" if text else "")
+    return f"{kind}: {text}"
+
+
+def _event_lines(event: Any) -> list[str]:
+    """How ``submit --follow``, ``resume --follow`` and ``events`` print one event."""
+    head, below = _event_text(event)
+    return [f"{_clock(event.ms)}  {event.kind:<6}  {head}", *(_EVENT_INDENT + b for b in below)]
+
+
+def _print_events(
+    rt: Any, job_id: str, after: str | None, *, idle_s: float | None, until_input: bool
+) -> tuple[Any, str | None]:
+    """Print the job's events after ``after`` as they come, until it is final (or waits
+    for input, with ``until_input``), or ``idle_s`` passes without one.
+
+    Returns the last event printed (None if none) and the cursor after it.
+    """
+    from project.core import control
+
+    out = _out()
+    last, cursor = None, after
+    for event in control.events(rt, job_id, after, block_s=idle_s):
+        for line in _event_lines(event):
+            out.print(line, markup=False, soft_wrap=True)
+        sys.stdout.flush()
+        last, cursor = event, event.id
+        if until_input and event.kind == "status" and event.data.get("status") == "INPUT_REQUIRED":
+            break
+    return last, cursor
+
+
+def _follow_to_answer(rt: Any, job_id: str, after: str | None, *, idle_s: float) -> None:
+    """Follow a job until it completes (print its result), waits for input (say how to
+    answer it) or fails (one error line, exit 1)."""
+    from project.core.models import JobStatus
+
+    last, cursor = _print_events(rt, job_id, after, idle_s=idle_s, until_input=True)
+    status = last.data.get("status") if last is not None and last.kind == "status" else None
+    out = _out()
+    if status == JobStatus.INPUT_REQUIRED:
+        out.print(
+            f"job {job_id} waits for input. Answer every interrupt with\n"
+            f"  python -m project resume {job_id} 'VALUE'\n"
+            f"(VALUE is JSON or plain text; '{{\"<interrupt id>\": VALUE, ...}}' answers each "
+            f"its own), or cancel it with\n"
+            f"  python -m project cancel {job_id}",
+            markup=False,
+            soft_wrap=True,
+        )
+        return
+    if status == JobStatus.COMPLETED:
+        out.print(JSON.from_data(last.data.get("result")))
+        return
+    if status is not None and JobStatus(status).is_final:
+        error = last.data.get("error") or {}
+        raise _fail(f"{error.get('type', status)}: {error.get('message', '')}".rstrip(": "))
+    record = rt.jobs.get(job_id)
+    if record is None:
+        raise _fail(f"no job {job_id!r} (never submitted, or expired)")
+    raise _fail(
+        f"no event for {idle_s:g} s; job {job_id} is {record.status.value}. Follow on with: "
+        f"python -m project events {job_id}{f' --after {cursor}' if cursor else ''} --follow"
+    )
+
+
+def _log_tail(rt: Any, job_id: str, count: int) -> tuple[list[Any], int]:
+    """The last ``count`` events of a job's log, and how many it holds."""
+    from project.core.constants import KEY_JOB_LOG
+
+    key = KEY_JOB_LOG + job_id
+    pipe = rt.redis.pipeline(transaction=False)
+    pipe.xlen(key)
+    pipe.xrevrange(key, "+", "-", count=count + 1)
+    total, newest = pipe.execute()
+    after = newest[-1][0] if len(newest) > count else None
+    return rt.joblog.read(job_id, after, count=count), int(total)
+
+
+def _last_cursor(rt: Any, job_id: str) -> str | None:
+    from project.core.constants import KEY_JOB_LOG
+
+    newest = rt.redis.xrevrange(KEY_JOB_LOG + job_id, "+", "-", count=1)
+    return str(newest[0][0]) if newest else None
+
+
+@app.command()
+@friendly_errors
+def events(
+    job_id: Annotated[str, typer.Argument(help="The job id.")],
+    after: Annotated[
+        str | None, typer.Option(help="Only the events after this cursor (an event's id).")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Wait for new events until the job is final.")
+    ] = False,
+    timeout: Annotated[
+        float | None, typer.Option(help="With --follow: stop after S seconds without an event.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per event.")] = False,
+) -> None:
+    """A job's event log: status changes, agents' step updates and custom events.
+
+    The last line gives the cursor to pass as --after to read on from there.
+    """
+    from project.core import control
+
+    rt = _runtime(_settings())
+    out = _out()
+    seen, cursor = 0, after
+    if follow:
+        stream: Iterable[Any] = control.events(rt, job_id, after, block_s=timeout)
+    else:
+        stream = _read_all(rt, job_id, after)
+    try:
+        for event in stream:
+            if as_json:
+                print(event.model_dump_json(), flush=True)
+            else:
+                for line in _event_lines(event):
+                    out.print(line, markup=False, soft_wrap=True)
+                sys.stdout.flush()
+            seen, cursor = seen + 1, event.id
+    except KeyboardInterrupt:
+        pass
+    if not seen and rt.jobs.get(job_id) is None:
+        raise _fail(f"no job {job_id!r} (never submitted, or expired)")
+    if not as_json:
+        out.print(f"{seen} events; last cursor {cursor or '-'}", markup=False)
+
+
+def _read_all(rt: Any, job_id: str, after: str | None, batch_size: int = 200) -> Iterator[Any]:
+    """The events of a job's log after ``after`` that are there now, in batches."""
+    cursor = after
+    while True:
+        batch = rt.joblog.read(job_id, cursor, count=batch_size)
+        yield from batch
+        if len(batch) < batch_size:
+            return
+        cursor = batch[-1].id
+
+
+def _parse_value(text: str) -> Any:
+    """A resume value: JSON if it parses, else the text itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+@app.command()
+@friendly_errors
+def resume(
+    job_id: Annotated[str, typer.Argument(help="The id of a job that waits for input.")],
+    value: Annotated[
+        str,
+        typer.Argument(
+            help="The answer: JSON ('{\"approved\": true}', true, 42), else taken as text. "
+            "'{\"<interrupt id>\": answer, ...}' answers each interrupt its own."
+        ),
+    ],
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Then print its events, as submit --follow does.")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(help="With --follow: stop after S seconds without an event.")
+    ] = 60.0,
+) -> None:
+    """Answer an agent that waits for input; any eligible worker continues it."""
+    from project.core import control
+
+    rt = _runtime(_settings())
+    answer = _parse_value(value)
+    cursor = _last_cursor(rt, job_id) if follow else None
+    view = control.resume(rt, job_id, answer)
+    _out().print(
+        f"resumed job {job_id} with {_short(answer)}: it is {view.status.value} "
+        f"(epoch {view.epoch}) until a worker continues it",
+        markup=False,
+        soft_wrap=True,
+    )
+    if follow:
+        _follow_to_answer(rt, job_id, cursor, idle_s=timeout)
+
+
+@app.command()
+@friendly_errors
+def cancel(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> None:
+    """End a job as canceled wherever it is (queued, running, waiting for input).
+
+    Exit code 0: canceled. 3: the job was final already, and nothing changed.
+    1: no such job, or Redis is unreachable.
+    """
+    from project.core import control
+
+    outcome = control.cancel(_runtime(_settings()), job_id)
+    if outcome.canceled:
+        _out().print(outcome.message, markup=False, soft_wrap=True)
+        return
+    _out().print(f"[yellow]{escape(outcome.message)}[/]", soft_wrap=True)
+    raise typer.Exit(EXIT_ALREADY_FINAL)
 
 
 # --- metrics --------------------------------------------------------------------------
@@ -657,6 +1126,33 @@ def metrics(
         pass
     finally:
         server.shutdown()
+
+
+# --- gateway (A2A 1.0 server; project/gateway) ---------------------------------------
+
+
+@app.command()
+@friendly_errors
+def gateway(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default AGENTS_GATEWAY_HOST).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on (default AGENTS_GATEWAY_PORT).")
+    ] = None,
+) -> None:
+    """Serve the A2A 1.0 gateway: any A2A client can send and follow jobs (needs [gateway])."""
+    try:
+        from project.gateway import serve
+    except ImportError as exc:
+        raise _fail(
+            f"the gateway needs the gateway extra: pip install 'agents-celery[gateway]' ({exc})"
+        ) from None
+
+    settings = _settings()
+    overrides = {"gateway_host": host, "gateway_port": port}
+    settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    serve(settings)
 
 
 def main() -> None:

@@ -15,9 +15,9 @@ from redis import Redis
 from support.polling import wait_for
 from typer.testing import CliRunner, Result
 
-from project.cli import app
+from project.cli import EXIT_ALREADY_FINAL, app
 from project.core.constants import CHANNEL_AGENTS, CHANNEL_JOBS
-from project.core.models import AgentCard
+from project.core.models import AgentCard, JobStatus
 from project.core.runtime import get_runtime
 from project.core.state.registry import AgentRegistry
 from project.local.deployment import LocalDeployment
@@ -257,3 +257,216 @@ def test_metrics_once_prints_cluster_figures(deployment: LocalDeployment) -> Non
     assert 'agents_hop_seconds_count{outcome="ok",task="worker.execute",tier="worker"}' in (
         result.stdout
     )
+
+
+# --- agents: submit --follow, job, events, resume, cancel, watch ------------------------
+
+ASSISTANT_REQUEST = '{"request": "What is 12 * 3.5, and the price of a widget?"}'
+DRAFT = "12 * 3.5 = 42; widget = 2.50 EUR"
+DECLINED = "Declined: the reviewer did not approve this answer."
+
+
+def submitted_id(result: Result) -> str:
+    (job_id,) = [line.split()[-1] for line in result.stdout.splitlines() if "submitted job" in line]
+    return job_id
+
+
+def park_an_assistant() -> tuple[Result, str]:
+    """``submit assistant ... --follow``: it prints the run and stops at the approval."""
+    result = invoke("submit", "assistant", ASSISTANT_REQUEST, "--follow", "--timeout", "30")
+    assert result.exit_code == 0, result.output
+    return result, submitted_id(result)
+
+
+def test_submit_follow_prints_the_run_and_stops_when_the_agent_waits(
+    deployment: LocalDeployment,
+) -> None:
+    from project import get_job
+
+    result, job_id = park_an_assistant()
+
+    view = get_job(job_id)
+    assert view.status is JobStatus.INPUT_REQUIRED
+    (pending,) = view.interrupts
+    assert pending.value == {"question": "Send this answer?", "proposed": DRAFT}
+    kinds = [line.split()[1] for line in result.stdout.splitlines() if EVENT_AT.match(line)]
+    assert kinds[:3] == ["status"] * 3 and kinds[-1] == "status", result.stdout
+    assert {"update", "custom"} <= set(kinds[3:-1]), result.stdout
+    statuses = [line.split()[2] for line in result.stdout.splitlines() if line[14:20] == "status"]
+    assert statuses == ["PENDING", "ASSIGNED", "IN_PROGRESS", "INPUT_REQUIRED"]
+    assert '{"tool": "calculator", "args": {"expression": "12 * 3.5"}}' in result.stdout
+    assert '{"tool": "lookup_price", "result": "2.50 EUR"}' in result.stdout
+    assert (
+        f'interrupt {pending.id}: {{"question": "Send this answer?", "proposed": "{DRAFT}"}}'
+        in result.stdout
+    )
+    assert f"python -m project resume {job_id} 'VALUE'" in result.stdout
+    assert f"python -m project cancel {job_id}" in result.stdout
+
+
+EVENT_AT = re.compile(r"^\d\d:\d\d:\d\d\.\d{3}  (status|update|custom)  ")
+
+
+def test_submit_follow_of_a_plain_job_prints_its_result(deployment: LocalDeployment) -> None:
+    result = invoke(
+        "submit",
+        "compute",
+        '{"operation": "sum", "values": [40, 2]}',
+        "--follow",
+        "--timeout",
+        "30",
+    )
+    assert result.exit_code == 0, result.output
+    assert "COMPLETED" in result.stdout and '"result": 42' in result.stdout
+
+
+def test_submit_follow_of_a_failing_job_is_one_error_line(deployment: LocalDeployment) -> None:
+    result = invoke(
+        "submit",
+        "compute",
+        '{"operation": "cube-root", "values": [8]}',
+        "--follow",
+        "--timeout",
+        "30",
+    )
+    assert "InvalidPayloadError" in one_error_line(result)
+    assert "FAILED" in result.stdout
+
+
+def test_job_shows_the_interrupts_and_the_last_events(deployment: LocalDeployment) -> None:
+    from project import get_job
+
+    _, job_id = park_an_assistant()
+    (pending,) = get_job(job_id).interrupts
+
+    result = invoke("job", job_id)
+    assert result.exit_code == 0, result.output
+    for text in ("INPUT_REQUIRED", "waits for", pending.id, "Send this answer?", "retries"):
+        assert text in result.stdout
+    assert re.search(r"last 10 of \d+ events", result.stdout), result.stdout
+    assert f"python -m project resume {job_id} 'VALUE'" in result.stdout
+
+    report = json.loads(invoke("job", job_id, "--json", "--last", "3").stdout)
+    assert report["interrupts"] == [pending.model_dump(mode="json")]
+    assert report["record"]["retries"] == 0
+    assert len(report["events"]) == 3 and report["events_logged"] > 3
+    assert report["events"][-1]["data"]["status"] == "INPUT_REQUIRED"
+    everything = list(get_runtime().joblog.read(job_id))
+    assert [e["id"] for e in report["events"]] == [e.id for e in everything[-3:]]
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [('{"approved": true}', DRAFT), ("yes", DRAFT), ("not like this", DECLINED)],
+)
+def test_resume_answers_the_agent(deployment: LocalDeployment, answer: str, expected: str) -> None:
+    from celery.result import AsyncResult
+
+    from project import get_job
+
+    _, job_id = park_an_assistant()
+
+    result = invoke("resume", job_id, answer, "--follow", "--timeout", "30")
+
+    assert result.exit_code == 0, result.output
+    assert f"resumed job {job_id} with {json.dumps(_as_value(answer))}" in result.stdout
+    statuses = [line.split()[2] for line in result.stdout.splitlines() if line[14:20] == "status"]
+    assert statuses[0] == "PENDING" and statuses[-1] == "COMPLETED", result.stdout
+    assert "INPUT_REQUIRED" not in statuses  # only the events after the resume
+    assert json.dumps(expected) in result.stdout
+    assert get_job(job_id).result == expected
+    assert AsyncResult(job_id).get(timeout=10) == expected
+
+
+def _as_value(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def test_resume_of_a_job_that_does_not_wait_is_one_line(deployment: LocalDeployment) -> None:
+    _, job_id = submit_and_wait("compute", '{"operation": "sum", "values": [1]}')
+    line = one_error_line(invoke("resume", job_id, "yes"))
+    assert "JobNotWaitingError" in line and "not waiting for input" in line
+    assert "JobNotFoundError" in one_error_line(invoke("resume", "nope", "yes"))
+
+
+def test_cancel_ends_a_waiting_agent_and_leaves_a_final_job_alone(
+    deployment: LocalDeployment,
+) -> None:
+    from celery.result import AsyncResult
+
+    from project import JobCanceledError, get_job
+
+    _, job_id = park_an_assistant()
+
+    result = invoke("cancel", job_id)
+    assert result.exit_code == 0, result.output
+    assert f"job {job_id} canceled (it was INPUT_REQUIRED)" in result.stdout
+    assert get_job(job_id).status is JobStatus.CANCELED
+    with pytest.raises(JobCanceledError):
+        AsyncResult(job_id).get(timeout=10)
+
+    again = invoke("cancel", job_id)
+    assert again.exit_code == EXIT_ALREADY_FINAL, again.output
+    assert f"job {job_id} is CANCELED already: nothing changed" in again.stdout
+    assert "JobCanceledError" in invoke("job", job_id).stdout
+
+
+def test_cancel_of_a_completed_job_changes_nothing(deployment: LocalDeployment) -> None:
+    _, job_id = submit_and_wait("compute", '{"operation": "sum", "values": [5]}')
+    result = invoke("cancel", job_id)
+    assert result.exit_code == EXIT_ALREADY_FINAL, result.output
+    assert "COMPLETED already: nothing changed" in result.stdout
+    assert "JobNotFoundError" in one_error_line(invoke("cancel", "nope"))
+
+
+def test_events_reads_on_from_a_cursor(deployment: LocalDeployment) -> None:
+    _, job_id = submit_and_wait("compute", '{"operation": "sum", "values": [3]}')
+
+    everything = invoke("events", job_id, "--json")
+    assert everything.exit_code == 0, everything.output
+    logged = [json.loads(line) for line in everything.stdout.splitlines()]
+    assert [e["data"]["status"] for e in logged] == [
+        "PENDING",
+        "ASSIGNED",
+        "IN_PROGRESS",
+        "COMPLETED",
+    ]
+
+    rest = invoke("events", job_id, "--after", logged[1]["id"], "--follow", "--timeout", "10")
+    assert rest.exit_code == 0, rest.output
+    lines = rest.stdout.splitlines()
+    assert [line.split()[2] for line in lines[:-1]] == ["IN_PROGRESS", "COMPLETED"]
+    assert lines[-1] == f"2 events; last cursor {logged[-1]['id']}"
+    assert "JobNotFoundError" not in rest.output
+    assert "no job 'nope'" in one_error_line(invoke("events", "nope"))
+
+
+def test_watch_shows_an_agents_progress_and_its_interrupts(deployment: LocalDeployment) -> None:
+    from project import get_job, submit_task
+
+    submitted: list[str] = []
+
+    def submit() -> None:
+        job = submit_task.delay("assistant", json.loads(ASSISTANT_REQUEST))
+        submitted.append(job.id)
+
+    # PENDING, ASSIGNED, IN_PROGRESS, 3 step updates, 4 tool events, INPUT_REQUIRED.
+    result = watch_while(submit, CHANNEL_JOBS, "--count", "11", "--no-agents")
+
+    (job_id,) = submitted
+    lines = result.stdout.splitlines()
+    events = [EVENT_LINE.match(line) for line in lines[1:-2]]
+    assert all(events) and all(m.group(2) == job_id for m in events if m), result.stdout
+    kinds = [m.group(3).split()[0] for m in events if m]
+    assert kinds[:3] == ["PENDING", "ASSIGNED", "IN_PROGRESS"], result.stdout
+    assert kinds[-1] == "INPUT_REQUIRED", result.stdout
+    assert sorted(kinds[3:-1]) == ["custom"] * 4 + ["update"] * 3, result.stdout
+    assert '{"tool": "calculator", "args": {"expression": "12 * 3.5"}}' in result.stdout
+    (pending,) = get_job(job_id).interrupts
+    assert lines[-2].strip() == (
+        f'interrupt {pending.id}: {{"question": "Send this answer?", "proposed": "{DRAFT}"}}'
+    )
+    assert lines[-1] == "11 events"

@@ -73,21 +73,14 @@ class HealthReport:
     rerouted: list[str] = field(default_factory=list)
     resent_stuck: list[str] = field(default_factory=list)
     escalated: list[str] = field(default_factory=list)
+    input_timeouts: list[str] = field(default_factory=list)
     drained_messages: int = 0
     restored_messages: int = 0
 
 
 def _request_for(record: JobRecord, reason: DispatchReason) -> DispatchRequest:
-    return DispatchRequest(
-        job_id=record.id,
-        task_type=record.task_type,
-        payload=record.payload,
-        priority=record.priority,
-        requirements=record.requirements,
-        deadline_ms=max(record.deadline_ms, now_ms() + 30_000),
-        expected_epoch=record.epoch,
-        reason=reason,
-    )
+    deadline_ms = max(record.deadline_ms, now_ms() + 30_000)
+    return DispatchRequest.for_record(record, reason, deadline_ms=deadline_ms)
 
 
 def _send_once(rt: Runtime, record: JobRecord, reason: DispatchReason) -> bool:
@@ -287,7 +280,12 @@ def reroute(rt: Runtime, findings: Findings) -> tuple[list[str], int]:
     for agent_id, job_ids in findings.reroutes:
         for job_id in job_ids:
             record = rt.jobs.get(job_id)
-            if record is None or record.status.is_final or record.assignee != agent_id:
+            if (
+                record is None
+                or record.status.is_final
+                or record.status is JobStatus.INPUT_REQUIRED
+                or record.assignee != agent_id
+            ):
                 continue
             if _send_once(rt, record, DispatchReason.REROUTE):
                 rerouted.append(job_id)

@@ -19,7 +19,7 @@ from project.core.a2a.envelope import Envelope, now_ms
 from project.core.celery_app import app
 from project.core.constants import COORDINATOR, DISTRIBUTOR, TASK_ASSIGN
 from project.core.errors import InvalidJobError, UnknownTaskTypeError, describe_validation_error
-from project.core.messages import DispatchReason, DispatchRequest
+from project.core.messages import DispatchReason, DispatchRequest, JobContext
 from project.core.models import JobSpec, JobStatus
 from project.core.runtime import Runtime
 
@@ -57,10 +57,26 @@ def take_in(rt: Runtime, raw_spec: Mapping[str, Any], job_id: str) -> Intake:
         deadline_ms=deadline_ms,
         expected_epoch=0,
         reason=DispatchReason.NEW,
+        context=JobContext.of(None, spec.a2a_message, spec.owner),
     )
     send_to_distributor(rt, request)
     rt.local_state.record({"job_id": job_id, "event": "submitted", "task_type": spec.task_type})
     return Intake.SENT
+
+
+def send_resumed(rt: Runtime, job_id: str) -> bool:
+    """Send a resumed job (PENDING, with the answer in its record) to the distributor.
+
+    Returns False if the job is no longer waiting to be sent (sent already, or final).
+    """
+    record = rt.jobs.get(job_id)
+    if record is None or record.status is not JobStatus.PENDING or record.resume is None:
+        return False
+    deadline_ms = now_ms() + int(rt.settings.assign_deadline_s * 1000)
+    request = DispatchRequest.for_record(record, DispatchReason.RESUME, deadline_ms=deadline_ms)
+    send_to_distributor(rt, request)
+    rt.local_state.record({"job_id": job_id, "event": "resumed", "epoch": record.epoch})
+    return True
 
 
 def validate_spec(rt: Runtime, raw_spec: Mapping[str, Any]) -> JobSpec:

@@ -20,6 +20,7 @@ from langgraph.graph import END, START, StateGraph
 
 from project.coordinator import health
 from project.coordinator.health import Findings, HealthReport
+from project.core.control import fail_waiting
 from project.core.runtime import Runtime
 
 log = logging.getLogger("project.coordinator.supervisor")
@@ -41,6 +42,7 @@ class CycleState(TypedDict, total=False):
     rerouted: Annotated[list[str], operator.add]
     resent: Annotated[list[str], operator.add]
     escalated: Annotated[list[str], operator.add]
+    input_timeouts: Annotated[list[str], operator.add]
     drained_messages: Annotated[int, operator.add]
     restored_messages: Annotated[int, operator.add]
 
@@ -69,7 +71,8 @@ def _reroute(state: CycleState) -> dict[str, Any]:
 
 def _resend(state: CycleState) -> dict[str, Any]:
     resent, restored = health.resend(state["runtime"], state["findings"])
-    return {"resent": resent, "restored_messages": restored}
+    timed_out = fail_waiting(state["runtime"])  # agents that waited too long for input
+    return {"resent": resent, "restored_messages": restored, "input_timeouts": timed_out}
 
 
 def _escalate(state: CycleState) -> dict[str, Any]:
@@ -89,6 +92,7 @@ def _health_report(state: CycleState) -> HealthReport:
         rerouted=list(state.get("rerouted", [])),
         resent_stuck=list(state.get("resent", [])),
         escalated=list(state.get("escalated", [])),
+        input_timeouts=list(state.get("input_timeouts", [])),
         drained_messages=int(state.get("drained_messages", 0)),
         restored_messages=int(state.get("restored_messages", 0)),
     )

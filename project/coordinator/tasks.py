@@ -8,9 +8,9 @@ from typing import Any
 from celery.exceptions import Ignore
 from celery.utils import uuid
 
-from project.coordinator.intake import take_in
+from project.coordinator.intake import send_resumed, take_in
 from project.core.celery_app import app
-from project.core.constants import TASK_HEALTH_CHECK, TASK_SUBMIT
+from project.core.constants import TASK_HEALTH_CHECK, TASK_RESUME, TASK_SUBMIT
 from project.core.errors import JobError
 from project.core.hops import Hop, timed_hop
 from project.core.models import Priority
@@ -67,6 +67,9 @@ def submit_task(
     priority: str = Priority.NORMAL.value,
     requirements: dict[str, Any] | None = None,
     deadline_s: float | None = None,
+    input_timeout_s: float | None = None,
+    a2a_message: dict[str, Any] | None = None,
+    owner: str | None = None,
 ) -> None:
     """Submit a job. The returned AsyncResult's ``.get()`` gives the worker's result.
 
@@ -77,9 +80,13 @@ def submit_task(
         priority: ``urgent``, ``high``, ``normal`` or ``low``.
         requirements: ``{"tags": [...], "worker_ids": [...]}`` a worker must meet.
         deadline_s: how long the job may wait for an eligible worker.
+        input_timeout_s: how long an agent may wait for input (``input_required``).
+        a2a_message: the A2A message that started the job (the gateway's), JSON form.
+        owner: who submits it (``list_jobs(owner)`` finds it).
 
     Raises (from ``.get()``): UnknownTaskTypeError, InvalidJobError,
-    InvalidPayloadError, HandlerError, NoEligibleWorkerError, JobAbandonedError.
+    InvalidPayloadError, HandlerError, NoEligibleWorkerError, JobAbandonedError,
+    JobCanceledError, InputTimeoutError, JobTimeLimitError, JobRejectedError.
     """
     rt = get_runtime()
     spec = {
@@ -88,6 +95,9 @@ def submit_task(
         "priority": priority,
         "requirements": requirements or {},
         "deadline_s": deadline_s,
+        "input_timeout_s": input_timeout_s,
+        "a2a_message": a2a_message,
+        "owner": owner,
     }
     try:
         with timed_hop(rt, Hop.SUBMIT, TASK_SUBMIT):
@@ -102,6 +112,12 @@ def submit_task(
         raise Ignore()
 
 
+@app.task(name=TASK_RESUME, ignore_result=True)
+def resume(job_id: str) -> bool:
+    """Send a resumed agent's job (``resume_job``) on to the distributor, signed."""
+    return send_resumed(get_runtime(), job_id)
+
+
 @app.task(name=TASK_HEALTH_CHECK, ignore_result=True)
 def health_check() -> dict[str, Any]:
     """Beat-driven supervisor cycle: mark silent agents dead, re-route and re-send jobs."""
@@ -113,4 +129,4 @@ def health_check() -> dict[str, Any]:
 
 
 # By name: the agent (and what only agents need) loads in worker processes alone.
-app.steps["worker"].add("project.coordinator.agent:CoordinatorStep")
+app.steps["worker"].add("project.coordinator.bootstep:CoordinatorStep")

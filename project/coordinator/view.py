@@ -36,7 +36,7 @@ from project.core.constants import (
 )
 from project.core.errors import A2AError, MalformedEnvelopeError, MisdirectedEnvelopeError
 from project.core.messages import JobEvent
-from project.core.models import FINAL_STATUSES, AgentCard
+from project.core.models import FINAL_STATUSES, AgentCard, JobStatus
 from project.core.runtime import Runtime
 from project.core.state.lua import load_script
 from project.core.state.notifications import Subscriber
@@ -49,7 +49,7 @@ VIEW_TASK_NAME = "project.coordinator.view"
 ALIVE = "alive"
 DEAD = "dead"
 _AGENT_STATE = {"registered": ALIVE, "readmitted": ALIVE, "dead": DEAD}
-_STATUSES = frozenset({"PENDING", "ASSIGNED", "IN_PROGRESS"} | {s.value for s in FINAL_STATUSES})
+_STATUSES = frozenset(s.value for s in JobStatus)
 _FINAL = frozenset(s.value for s in FINAL_STATUSES)
 
 

@@ -28,6 +28,7 @@ TASK_HEALTH_CHECK: Final = "project.coordinator.health_check"
 TASK_ASSIGN: Final = "project.distributor.assign"
 TASK_COMPLETE: Final = "project.distributor.complete"
 TASK_EXECUTE: Final = "project.worker.execute"
+TASK_RESUME: Final = "project.coordinator.resume"
 
 # Agent identities used as envelope sender / recipient (a tier's agents share one address).
 COORDINATOR: Final = Tier.COORDINATOR.value
@@ -39,6 +40,9 @@ KEY_JOB: Final = "job:"  # job:{id} -> hash (the job record, its causal chain in
 KEY_JOBS_OPEN: Final = "jobs:open"  # zset job id -> updated_ms, unfinished jobs
 KEY_JOBS_COUNT: Final = "jobs:count"  # hash status -> number of jobs that reached it
 KEY_INTENTS: Final = "jobs:intents"  # hash job id -> {ms, call}: submitted, not yet recorded
+KEY_JOBS_WAITING: Final = "jobs:waiting"  # zset job id -> input deadline ms (INPUT_REQUIRED)
+KEY_JOBS_OWNER: Final = "jobs:owner:"  # jobs:owner:{owner} -> zset job id -> created_ms
+KEY_JOB_LOG: Final = "joblog:"  # joblog:{id} -> stream, the job's ordered event log
 KEY_WORKER_JOBS: Final = "worker:jobs:"  # worker:jobs:{id} -> set of its unfinished job ids
 KEY_AGENT_CARDS: Final = "agents:cards"  # hash agent id -> AgentCard json
 KEY_AGENT_HEARTBEATS: Final = "agents:heartbeats"  # zset agent id -> last heartbeat ms
@@ -70,6 +74,11 @@ TIER_TASK_MODULES: Final = (
 )
 
 
+def execute_task_id(job_id: str, epoch: int) -> str:
+    """The Celery task id of a job's work order at one epoch (``revoke`` finds it by this)."""
+    return f"{job_id}.{epoch}"
+
+
 def worker_queue(worker_id: str) -> str:
     """Return the private queue name of a worker (contract: ``worker.<id>``)."""
     return f"{WORKER_QUEUE_PREFIX}{worker_id}"
@@ -96,3 +105,17 @@ KEY_CHECKPOINT_WRITES_INDEX: Final = "ckpt:wix:"
 KEY_CHECKPOINT_WRITES: Final = "ckpt:wr:"
 # How many checkpoints RedisSaver keeps per thread and namespace unless told otherwise.
 CHECKPOINT_KEEP_LAST: Final = 5
+
+
+def checkpoint_keys(thread_id: str) -> tuple[str, str, str, str, str, str]:
+    """Every Redis key a thread's checkpoints live in (index, data, refs, blobs, writes x2),
+    in the order the checkpoint scripts take them."""
+    tag = "{" + str(thread_id) + "}"
+    return (
+        KEY_CHECKPOINT_INDEX + tag,
+        KEY_CHECKPOINT_DATA + tag,
+        KEY_CHECKPOINT_REFS + tag,
+        KEY_CHECKPOINT_BLOBS + tag,
+        KEY_CHECKPOINT_WRITES_INDEX + tag,
+        KEY_CHECKPOINT_WRITES + tag,
+    )

@@ -123,6 +123,30 @@ class JobAbandonedError(JobError):
     """The job was given up after too many attempts (a poison job)."""
 
 
+class JobCanceledError(JobError):
+    """The job was canceled (``cancel_job``) before it produced a result."""
+
+
+class InputTimeoutError(JobError):
+    """An agent waited for input longer than its job's ``input_timeout_s``."""
+
+
+class JobTimeLimitError(JobError):
+    """A run took longer than its task type's time limit."""
+
+
+class JobRejectedError(JobError):
+    """The handler or agent refused the job (raise it with the reason)."""
+
+
+class JobNotFoundError(JobError):
+    """There is no job with this id (never submitted, or expired)."""
+
+
+class JobNotWaitingError(JobError):
+    """``resume_job`` on a job that is not waiting for input."""
+
+
 # --- Shared state ------------------------------------------------------------
 
 

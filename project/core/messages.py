@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 
 from project.core.errors import MalformedEnvelopeError, invalid_fields
-from project.core.models import JobStatus, Priority, Requirements
+from project.core.models import JobRecord, JobStatus, Priority, Requirements
 
 
 class _Message(BaseModel):
@@ -38,6 +38,31 @@ class DispatchReason(StrEnum):
     """Its worker died before finishing it."""
     STUCK = "stuck"
     """It was never dispatched (a lost message); the health check sends it again."""
+    RESUME = "resume"
+    """A person answered its agent's interrupt (``resume_job``)."""
+
+
+class JobContext(_Message):
+    """What a job carries besides its payload, for the code that runs it."""
+
+    resume: dict[str, JsonValue] | None = None
+    """Answers to a parked agent's interrupts, by interrupt id."""
+    a2a_message: dict[str, JsonValue] | None = None
+    """The A2A message that started or resumed the job (gateway jobs)."""
+    owner: str | None = None
+    """Who submitted it."""
+
+    @classmethod
+    def of(
+        cls,
+        resume: dict[str, JsonValue] | None,
+        a2a_message: dict[str, JsonValue] | None,
+        owner: str | None,
+    ) -> JobContext | None:
+        """The context, or None when there is none (most jobs: nothing extra on the wire)."""
+        if resume is None and a2a_message is None and owner is None:
+            return None
+        return cls(resume=resume, a2a_message=a2a_message, owner=owner)
 
 
 class DispatchRequest(_Message):
@@ -53,6 +78,24 @@ class DispatchRequest(_Message):
     """The job's epoch when the request was made; routing moves it to epoch + 1."""
     reason: DispatchReason = DispatchReason.NEW
     """Why this dispatch was asked for."""
+    context: JobContext | None = None
+
+    @classmethod
+    def for_record(
+        cls, record: JobRecord, reason: DispatchReason, *, deadline_ms: int
+    ) -> DispatchRequest:
+        """A request to dispatch a recorded job again, at its current epoch."""
+        return cls(
+            job_id=record.id,
+            task_type=record.task_type,
+            payload=record.payload,
+            priority=record.priority,
+            requirements=record.requirements,
+            deadline_ms=deadline_ms,
+            expected_epoch=record.epoch,
+            reason=reason,
+            context=JobContext.of(record.resume, record.a2a_message, record.owner),
+        )
 
 
 class WorkOrder(_Message):
@@ -62,6 +105,7 @@ class WorkOrder(_Message):
     epoch: int
     task_type: str
     payload: dict[str, JsonValue]
+    context: JobContext | None = None
 
 
 class WorkReport(_Message):
@@ -74,6 +118,8 @@ class WorkReport(_Message):
     error: dict[str, str] | None = None
     worker_id: str
     duration_ms: float
+    interrupts: list[dict[str, JsonValue]] | None = None
+    """For INPUT_REQUIRED: the agent's pending interrupts (``{"id", "value"}``)."""
 
 
 class JobEvent(_Message):

@@ -32,17 +32,22 @@ class JobStatus(StrEnum):
     PENDING = "PENDING"
     ASSIGNED = "ASSIGNED"
     IN_PROGRESS = "IN_PROGRESS"
+    INPUT_REQUIRED = "INPUT_REQUIRED"
+    """An agent is waiting for a person (``interrupt``); ``resume_job`` continues it."""
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
+    CANCELED = "CANCELED"
     ABANDONED = "ABANDONED"
 
     @property
     def is_final(self) -> bool:
-        """True for COMPLETED, FAILED and ABANDONED."""
+        """True for COMPLETED, FAILED, CANCELED and ABANDONED."""
         return self in FINAL_STATUSES
 
 
-FINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.ABANDONED})
+FINAL_STATUSES = frozenset(
+    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.ABANDONED}
+)
 
 
 class Requirements(BaseModel):
@@ -69,6 +74,13 @@ class JobSpec(BaseModel):
     """How long the job may wait: for an eligible worker (default: the setting), and, if
     set, in a backlog (past it, a job whose messages expired in a queue fails with
     DeadlineExceededError instead of running)."""
+    input_timeout_s: float | None = Field(default=None, gt=0)
+    """How long an agent may wait for input (``input_required``) before it fails with
+    InputTimeoutError; None waits until resumed or canceled."""
+    a2a_message: dict[str, JsonValue] | None = None
+    """The A2A message that started the job (the gateway sets it), in the spec's JSON form."""
+    owner: str | None = Field(default=None, max_length=128)
+    """Who submitted the job (a gateway caller); ``list_jobs`` finds a caller's jobs."""
 
 
 class JobRecord(BaseModel):
@@ -92,6 +104,21 @@ class JobRecord(BaseModel):
     requirements: Requirements = Field(default_factory=Requirements)
     result: JsonValue = None
     error: dict[str, str] | None = None
+    finished_ms: int | None = None
+    runs: int = 0
+    """Starts of the job by workers (redeliveries included; poison jobs count these)."""
+    retries: int = 0
+    """Retries of a failed run by the task type's retry policy (not counted as runs)."""
+    kind: str = ""
+    """``handler`` or ``agent``, set by the worker that starts it."""
+    interrupts: list[dict[str, JsonValue]] = Field(default_factory=list)
+    """An INPUT_REQUIRED agent's pending interrupts: ``{"id": ..., "value": ...}``."""
+    resume: dict[str, JsonValue] | None = None
+    """The answer ``resume_job`` gave, by interrupt id, until the agent takes it."""
+    input_timeout_s: float | None = None
+    input_deadline_ms: int | None = None
+    a2a_message: dict[str, JsonValue] | None = None
+    owner: str | None = None
 
 
 class Skill(BaseModel):
@@ -103,6 +130,11 @@ class Skill(BaseModel):
     name: str
     description: str = ""
     tags: list[str] = Field(default_factory=list)
+    # Ours, beyond the A2A skill (the distributor reads them off the card it routes to):
+    kind: str = "handler"
+    """``handler`` or ``agent``."""
+    time_limit_s: float | None = None
+    """A run over this limit fails with JobTimeLimitError."""
 
 
 class AgentCard(BaseModel):

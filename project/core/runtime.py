@@ -38,6 +38,7 @@ from project.core.errors import (
 from project.core.models import AgentCard, LocalAgentState
 from project.core.settings import Settings, get_settings
 from project.core.state.connections import connect_redis
+from project.core.state.joblog import JobLog
 from project.core.state.jobs import JobStore
 from project.core.state.registry import AgentRegistry
 from project.core.state.shared import SharedStateStore
@@ -136,7 +137,16 @@ class Runtime:
     @cached_property
     def jobs(self) -> JobStore:
         """Job records."""
-        return JobStore(self.redis, result_ttl_s=self.settings.result_ttl_s)
+        return JobStore(
+            self.redis,
+            result_ttl_s=self.settings.result_ttl_s,
+            log_cap=self.settings.job_log_max_events,
+        )
+
+    @cached_property
+    def joblog(self) -> JobLog:
+        """The jobs' event logs."""
+        return JobLog(self.redis, cap=self.settings.job_log_max_events)
 
     @cached_property
     def registry(self) -> AgentRegistry:

@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     result_ttl_s: int = Field(
         default=86_400, gt=0, description="How long results and finished job records are kept."
     )
+    job_log_max_events: int = Field(
+        default=1000,
+        ge=10,
+        description="Events kept in a job's event log (about; older ones are trimmed).",
+    )
     worker_id: str | None = Field(
         default=None, description="Worker id; by default taken from the node name or queue."
     )
@@ -112,6 +117,34 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         default=None, description="Port of the Prometheus endpoint; unset disables it."
     )
+
+    # --- Gateway (A2A 1.0 server, ``agents gateway``; project/gateway) -----------------
+    gateway_host: str = Field(
+        default="127.0.0.1", description="Address the A2A gateway listens on."
+    )
+    gateway_port: int = Field(
+        default=8700, ge=1, le=65535, description="Port the A2A gateway listens on."
+    )
+    gateway_public_url: str | None = Field(
+        default=None,
+        description="Base URL clients reach the gateway at (behind a load balancer), "
+        "advertised in its agent card; default http://{gateway_host}:{gateway_port}.",
+    )
+    gateway_tokens: SecretStr | None = Field(
+        default=None,
+        description="Comma-separated caller:token pairs; each call to the gateway must "
+        "carry one token as 'Authorization: Bearer <token>' (tokens of at least 16 "
+        "characters). Outside dev mode the gateway refuses to start without any.",
+    )
+    gateway_default_skill: str | None = Field(
+        default=None,
+        description="Task type of an A2A message whose metadata names no 'skill'; "
+        "unset: such a message is rejected.",
+    )
+    gateway_max_body_bytes: int = Field(
+        default=1_048_576, gt=0, description="Largest request body the gateway reads."
+    )
+    # --- end gateway ---------------------------------------------------------------
 
     @field_validator("worker_task_types", "worker_tags", "handler_modules", mode="before")
     @classmethod

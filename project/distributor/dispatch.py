@@ -26,10 +26,12 @@ from project.core.constants import (
     COORDINATOR,
     DISTRIBUTOR,
     DISTRIBUTOR_QUEUE,
+    KEY_JOB,
     KEY_RR,
     KEY_STATS_JOBS,
     TASK_COMPLETE,
     TASK_EXECUTE,
+    execute_task_id,
     worker_queue,
 )
 from project.core.errors import (
@@ -40,7 +42,7 @@ from project.core.errors import (
 )
 from project.core.hops import deadline_exceeded, lapsed_envelope, readmit
 from project.core.messages import DispatchRequest, JobEvent, WorkOrder, WorkReport
-from project.core.models import JobStatus
+from project.core.models import AgentCard, JobStatus
 from project.core.runtime import Runtime, replay_of
 from project.core.state.jobs import AssignKind, FinishKind
 from project.core.state.results import error_to_dict, publish_final_result
@@ -82,8 +84,8 @@ def assign_job(rt: Runtime, raw: Any) -> Routing:
         if (late := deadline_exceeded(record)) is not None:
             fail_job(rt, job_id=request.job_id, epoch=record.epoch, cause=envelope, error=late)
             return Routing.FAILED
-    worker_id = pick_worker(rt, request)
-    if worker_id is None:
+    card = pick_worker(rt, request)
+    if card is None:
         if now_ms() < request.deadline_ms:
             return Routing.WAIT
         fail_job(
@@ -98,12 +100,12 @@ def assign_job(rt: Runtime, raw: Any) -> Routing:
         )
         routing = Routing.FAILED
     else:
-        routing = _assign_to(rt, envelope, request, worker_id)
+        routing = _assign_to(rt, envelope, request, card)
     rt.local_state.record({"job_id": request.job_id, "event": routing.value})
     return routing
 
 
-def pick_worker(rt: Runtime, request: DispatchRequest) -> str | None:
+def pick_worker(rt: Runtime, request: DispatchRequest) -> AgentCard | None:
     """The live eligible worker the routing strategy picks, or None if there is none."""
     cards = eligible(rt.live_workers.get(), request.task_type, request.requirements)
     if not cards:
@@ -119,27 +121,29 @@ def pick_worker(rt: Runtime, request: DispatchRequest) -> str | None:
     chosen = choose(strategy, candidates, request.requirements, turn=turn, draw=random.random())
     if strategy in NEEDS_LOAD:
         loads[chosen.id] = loads.get(chosen.id, 0) + 1
-    return chosen.id
+    return chosen
 
 
 def _assign_to(
-    rt: Runtime, envelope: Envelope, request: DispatchRequest, worker_id: str
+    rt: Runtime, envelope: Envelope, request: DispatchRequest, card: AgentCard
 ) -> Routing:
-    """Move the job to a new epoch for ``worker_id`` and send it the work order."""
+    """Move the job to a new epoch for the worker of ``card`` and send it the work order."""
     outcome = rt.jobs.assign(
         request.job_id,
         expected_epoch=request.expected_epoch,
-        worker_id=worker_id,
+        worker_id=card.id,
         max_attempts=rt.settings.max_attempts,
         dispatch=envelope,
     )
     if outcome.kind is AssignKind.OK:
-        send_work_order(rt, request, envelope, worker_id, outcome.epoch)
+        send_work_order(rt, request, envelope, card.id, outcome.epoch, _time_limit(card, request))
         return Routing.SENT
     if outcome.kind is AssignKind.REDO:  # our own earlier try recorded it, may not have sent it
-        send_work_order(rt, request, envelope, outcome.assignee, outcome.epoch)
+        holder = next((c for c in rt.live_workers.get() if c.id == outcome.assignee), None)
+        limit = _time_limit(holder, request) if holder is not None else None
+        send_work_order(rt, request, envelope, outcome.assignee, outcome.epoch, limit)
         return Routing.SENT
-    if outcome.kind is AssignKind.FINAL:
+    if outcome.kind is AssignKind.FINAL and outcome.status != JobStatus.CANCELED:
         raise replay_of(envelope, request.job_id, outcome.status)
     if outcome.kind is AssignKind.EXHAUSTED:
         fail_job(
@@ -160,12 +164,33 @@ def _assign_to(
     return Routing.SKIPPED
 
 
+TIME_LIMIT_GRACE_S = 10.0
+"""After a task type's time limit, the run gets Celery's soft limit (a typed failure);
+this much later, the hard limit (its pool process is killed, freeing the slot)."""
+
+
+def _time_limit(card: AgentCard, request: DispatchRequest) -> float | None:
+    return next((s.time_limit_s for s in card.skills if s.id == request.task_type), None)
+
+
 def send_work_order(
-    rt: Runtime, request: DispatchRequest, envelope: Envelope, worker_id: str, epoch: int
+    rt: Runtime,
+    request: DispatchRequest,
+    envelope: Envelope,
+    worker_id: str,
+    epoch: int,
+    time_limit_s: float | None = None,
 ) -> None:
-    """Sign the work order and send it to ``worker.<id>``, ``complete`` as its callback."""
+    """Sign the work order and send it to ``worker.<id>``, ``complete`` as its callback.
+
+    Its Celery task id is ``{job id}.{epoch}`` (``cancel_job`` revokes it by that id).
+    """
     order = WorkOrder(
-        job_id=request.job_id, epoch=epoch, task_type=request.task_type, payload=request.payload
+        job_id=request.job_id,
+        epoch=epoch,
+        task_type=request.task_type,
+        payload=request.payload,
+        context=request.context,
     )
     work = rt.reply(
         envelope, MessageType.REQUEST, order.model_dump(mode="json"), recipient=worker_id
@@ -174,13 +199,18 @@ def send_work_order(
     callback = signature(
         TASK_COMPLETE, queue=DISTRIBUTOR_QUEUE, argsrepr=f"[<RESPONSE to {work.id}>]", app=app
     )
+    limits: dict[str, float] = {}
+    if time_limit_s is not None:
+        limits = {"soft_time_limit": time_limit_s, "time_limit": time_limit_s + TIME_LIMIT_GRACE_S}
     app.send_task(
         TASK_EXECUTE,
         args=[work.to_wire()],
+        task_id=execute_task_id(request.job_id, epoch),
         queue=worker_queue(worker_id),
         priority=request.priority.broker_priority,
         link=callback,
         argsrepr=work.brief(),
+        **limits,
     )
 
 
@@ -202,6 +232,12 @@ def record_result(rt: Runtime, raw: Any) -> FinishKind | None:
         report = WorkReport.from_payload(lapsed_envelope(lapsed).payload)
         envelope, _ = readmit(rt, lapsed, job_id=report.job_id, epoch=report.epoch)
     kind: FinishKind | None = None
+    if report.status is JobStatus.INPUT_REQUIRED:
+        parked = rt.jobs.park(
+            report.job_id, epoch=report.epoch, interrupts=report.interrupts or [], cause=envelope
+        )
+        rt.local_state.record({"job_id": report.job_id, "event": "parked" if parked else "stale"})
+        return None
     if report.status.is_final:
         kind = finalize(
             rt,
@@ -216,12 +252,17 @@ def record_result(rt: Runtime, raw: Any) -> FinishKind | None:
     rt.local_state.record(
         {"job_id": report.job_id, "event": kind.value if kind is not None else "dropped"}
     )
-    if kind is FinishKind.ALREADY:
+    if kind is FinishKind.ALREADY and not _canceled(rt, report.job_id):
         # A copy of a RESPONSE whose result is recorded: a replay (or a redelivery
         # after a crash between recording and publishing, which finalize has healed
         # by publishing the recorded result again). Refused either way.
         raise replay_of(envelope, report.job_id, "final")
     return kind
+
+
+def _canceled(rt: Runtime, job_id: str) -> bool:
+    """True if the job was canceled (a late result of its run is simply discarded)."""
+    return bool(rt.redis.hget(KEY_JOB + job_id, "status") == JobStatus.CANCELED.value)
 
 
 def fail_job(rt: Runtime, *, job_id: str, epoch: int, cause: Envelope, error: JobError) -> None:
@@ -266,6 +307,8 @@ def finalize(
     )
     if outcome.kind is FinishKind.RECORDED:
         publish_final_result(app.backend, job_id, status, result, error)
+    elif outcome.kind is FinishKind.ALREADY and outcome.status == JobStatus.CANCELED:
+        log.info("discarded the result of a canceled job", extra={"job_id": job_id})
     elif outcome.kind is FinishKind.ALREADY:
         # A redelivery after a crash between recording and publishing: publish the
         # first recorded result again (idempotent), never the new one.

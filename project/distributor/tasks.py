@@ -40,4 +40,4 @@ def complete(self: Any, envelope: Any) -> None:
 
 
 # By name: the agent (and what only agents need) loads in worker processes alone.
-app.steps["worker"].add("project.distributor.agent:DistributorStep")
+app.steps["worker"].add("project.distributor.bootstep:DistributorStep")

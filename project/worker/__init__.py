@@ -1,5 +1,7 @@
-"""Worker tier: handlers (task types), execution, heartbeats."""
+"""Worker tier: handlers and agents (task types), execution, heartbeats."""
 
-from project.worker.handlers import HANDLERS, Handler, handler
+from project.worker.agents import agent
+from project.worker.context import JobContext, current_job
+from project.worker.handlers import HANDLERS, Handler, RetryPolicy, handler
 
-__all__ = ["HANDLERS", "Handler", "handler"]
+__all__ = ["HANDLERS", "Handler", "JobContext", "RetryPolicy", "agent", "current_job", "handler"]

@@ -1,18 +1,25 @@
 """The worker's hop: verify the work order, start it by epoch, run the handler, answer.
 
 A work order runs only if the job's record agrees that this worker holds the
-current epoch (``JobStore.start``): a stale order, or a copy of a finished one,
-is dropped. A job started too many times by workers that died running it (a
-poison job) is answered as abandoned instead of being run again.
+current epoch (``JobStore.start``): a stale order, a canceled job's, or a copy of a
+finished one, is dropped. A job started too many times by workers that died running
+it (a poison job) is answered as abandoned instead of being run again.
+
+A handler's transient failures are retried by its task type's retry policy, in this
+run (counted in the job's ``retries``, never as runs). An agent's graph runs in
+:mod:`project.worker.graphs`; its report may be INPUT_REQUIRED (parked at an interrupt).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
-from pydantic import ValidationError
+from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import BaseModel, JsonValue, ValidationError
 
 from project.core.a2a.envelope import Envelope, MessageType, now_ms
 from project.core.constants import DISTRIBUTOR
@@ -21,6 +28,7 @@ from project.core.errors import (
     InvalidPayloadError,
     JobAbandonedError,
     JobError,
+    JobTimeLimitError,
     LapsedEnvelopeError,
     UnknownTaskTypeError,
     describe_validation_error,
@@ -31,7 +39,8 @@ from project.core.models import AgentStatus, JobStatus, Task
 from project.core.runtime import Runtime, replay_of
 from project.core.state.jobs import StartKind
 from project.core.state.results import error_to_dict
-from project.worker.handlers import HANDLERS
+from project.worker.context import JobContext, running
+from project.worker.handlers import HANDLERS, Handler
 
 log = logging.getLogger("project.worker")
 
@@ -55,17 +64,22 @@ def execute_work_order(rt: Runtime, raw: Any) -> dict[str, Any] | None:
             return answer(
                 rt, envelope, _report(rt, order, JobStatus.FAILED, None, error_to_dict(late), 0.0)
             )
+    entry = HANDLERS.get(order.task_type)
     started = rt.jobs.start(
         order.job_id,
         epoch=order.epoch,
         worker_id=worker_id,
         request=envelope,
         max_runs=rt.settings.max_attempts,
+        kind=entry.kind if entry is not None else "handler",
     )
     if started is StartKind.FINAL:
         raise replay_of(envelope, order.job_id, "final")
-    if started is StartKind.STALE:
-        log.info("dropped stale work order", extra={"job_id": order.job_id, "epoch": order.epoch})
+    if started in (StartKind.STALE, StartKind.CANCELED):
+        log.info(
+            "dropped work order",
+            extra={"job_id": order.job_id, "epoch": order.epoch, "why": started.value},
+        )
         rt.local_state.record({"job_id": order.job_id, "event": "dropped", "epoch": order.epoch})
         return None
     rt.local_state.local_tasks[order.job_id] = Task(
@@ -75,8 +89,13 @@ def execute_work_order(rt: Runtime, raw: Any) -> dict[str, Any] | None:
         status=JobStatus.IN_PROGRESS,
         started_ms=now_ms(),
     )
-    report = abandon(rt, order) if started is StartKind.EXHAUSTED else run_handler(rt, order)
-    rt.local_state.local_tasks.pop(order.job_id, None)
+    try:
+        report = abandon(rt, order) if started is StartKind.EXHAUSTED else run_handler(rt, order)
+    finally:
+        rt.local_state.local_tasks.pop(order.job_id, None)
+    if report is None:  # an agent's run found its job canceled or re-routed: nothing to say
+        rt.local_state.record({"job_id": order.job_id, "event": "stopped", "epoch": order.epoch})
+        return None
     rt.local_state.record(
         {"job_id": order.job_id, "event": report.status.value, "ms": report.duration_ms}
     )
@@ -85,43 +104,96 @@ def execute_work_order(rt: Runtime, raw: Any) -> dict[str, Any] | None:
     return answer(rt, envelope, report)
 
 
-def run_handler(rt: Runtime, order: WorkOrder) -> WorkReport:
-    """Run the order's handler and report its result, or its typed error."""
+def run_handler(rt: Runtime, order: WorkOrder) -> WorkReport | None:
+    """Run the order's handler or agent and report its result, or its typed error.
+
+    Returns None when an agent's run found its job canceled or re-routed (it stopped).
+    """
     rt.local_state.status = AgentStatus.BUSY
     started = time.perf_counter()
     failure: dict[str, str] | None = None
+    interrupts: list[dict[str, JsonValue]] | None = None
+    context = order.context
+    job = JobContext(
+        job_id=order.job_id,
+        task_type=order.task_type,
+        epoch=order.epoch,
+        a2a_message=context.a2a_message if context else None,
+        owner=context.owner if context else None,
+    )
     try:
-        result, status = call_handler(order), JobStatus.COMPLETED
+        with running(job):
+            entry, payload = validated(order)
+            if entry.kind == "agent":
+                from project.worker.graphs import run_agent  # the graph engine: agents only
+
+                outcome = run_agent(rt, order, entry, payload)
+                if outcome.status is None:
+                    return None
+                result, status, interrupts = outcome.result, outcome.status, outcome.interrupts
+            else:
+                on_retry = functools.partial(rt.jobs.count_retry, order.job_id)
+                result = call_handler(order, entry, payload, on_retry=on_retry)
+                status = JobStatus.COMPLETED
     except JobError as error:
         result, status, failure = None, JobStatus.FAILED, error_to_dict(error)
     finally:
         rt.local_state.status = AgentStatus.IDLE
-    return _report(rt, order, status, result, failure, time.perf_counter() - started)
+    report = _report(rt, order, status, result, failure, time.perf_counter() - started)
+    return report.model_copy(update={"interrupts": interrupts}) if interrupts else report
 
 
-def call_handler(order: WorkOrder) -> Any:
-    """The handler's result for the order's validated payload.
+def validated(order: WorkOrder) -> tuple[Handler, BaseModel]:
+    """The order's task type and its payload, validated by the task type's model.
 
     Raises:
         UnknownTaskTypeError: this worker has no handler for the task type.
         InvalidPayloadError: the handler's payload model refused the payload.
-        HandlerError: the handler raised (its own JobErrors pass through).
     """
-    handler = HANDLERS.get(order.task_type)
-    if handler is None:
+    entry = HANDLERS.get(order.task_type)
+    if entry is None:
         raise UnknownTaskTypeError(f"this worker has no handler for {order.task_type!r}")
     try:
-        payload = handler.payload_model.model_validate(order.payload)
+        return entry, entry.payload_model.model_validate(order.payload)
     except ValidationError as exc:
         problems = describe_validation_error(exc, whole="payload")
         raise InvalidPayloadError(f"invalid {order.task_type} payload: {problems}") from None
-    try:
-        return handler.fn(payload)
-    except JobError:
-        raise
-    except Exception as exc:
-        log.warning("handler raised", exc_info=True, extra={"job_id": order.job_id})
-        raise HandlerError(f"{order.task_type} handler raised {type(exc).__name__}: {exc}") from exc
+
+
+def call_handler(
+    order: WorkOrder,
+    entry: Handler,
+    payload: BaseModel,
+    *,
+    on_retry: Callable[[], object] = lambda: None,
+) -> Any:
+    """The handler's result for the validated payload, with its retry policy
+    (``on_retry`` counts each retry).
+
+    Raises:
+        JobTimeLimitError: the run went over the task type's time limit.
+        HandlerError: the handler raised (its own JobErrors pass through).
+    """
+    retries = 0
+    while True:
+        try:
+            return entry.fn(payload)
+        except JobError:
+            raise
+        except SoftTimeLimitExceeded:
+            raise JobTimeLimitError(
+                f"{order.task_type} ran over its time limit of {entry.time_limit_s}s"
+            ) from None
+        except Exception as exc:
+            policy = entry.retry
+            if policy is None or retries >= policy.max_retries or not isinstance(exc, policy.on):
+                log.warning("handler raised", exc_info=True, extra={"job_id": order.job_id})
+                raise HandlerError(
+                    f"{order.task_type} handler raised {type(exc).__name__}: {exc}"
+                ) from exc
+            time.sleep(policy.delay_s(retries))
+            retries += 1
+            on_retry()
 
 
 def abandon(rt: Runtime, order: WorkOrder) -> WorkReport:

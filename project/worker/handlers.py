@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import operator
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -31,21 +32,67 @@ from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-HandlerFn = Callable[[Any], Any]
+HandlerFn = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retry a run that raised one of ``on``: up to ``max_retries`` times, after an
+    exponential backoff (``backoff_s * 2**n``, at most ``max_backoff_s``), with full
+    jitter unless ``jitter=False``. A retry is not a new run: it is counted in the job's
+    ``retries`` and never makes the job a poison job. An agent retries from its last
+    checkpoint, so only the step that failed runs again."""
+
+    on: tuple[type[BaseException], ...] = (Exception,)
+    max_retries: int = 3
+    backoff_s: float = 1.0
+    max_backoff_s: float = 60.0
+    jitter: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0 or self.backoff_s < 0 or self.max_backoff_s < 0:
+            raise ValueError("retry counts and backoffs are not negative")
+
+    def delay_s(self, retry: int, draw: Callable[[], float] = random.random) -> float:
+        """Seconds to wait before retry number ``retry`` (0 for the first)."""
+        ceiling = float(min(self.max_backoff_s, self.backoff_s * 2**retry))
+        return ceiling * draw() if self.jitter else ceiling
 
 
 @dataclass(frozen=True)
 class Handler:
-    """A registered task type."""
+    """A registered task type: a plain handler, or an agent (``kind == "agent"``, whose
+    ``fn`` returns the LangGraph StateGraph builder)."""
 
     task_type: str
     fn: HandlerFn
     payload_model: type[BaseModel]
     description: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
+    kind: Literal["handler", "agent"] = "handler"
+    retry: RetryPolicy | None = None
+    time_limit_s: float | None = None
+    output: str | None = None
+    """Agents: the state key whose value is the job's result (default: the whole state)."""
+    types: tuple[type, ...] = ()
+    """Agents: classes beyond LangGraph's allowlist that checkpoints may hold."""
 
 
 HANDLERS: dict[str, Handler] = {}
+
+
+def register(entry: Handler) -> None:
+    """Add a task type to the registry.
+
+    Raises:
+        ValueError: the task type is taken by another function, or a limit is not positive.
+    """
+    known = HANDLERS.get(entry.task_type)
+    if known is not None and known.fn is not entry.fn:
+        raise ValueError(f"task type {entry.task_type!r} already has a handler")
+    if entry.time_limit_s is not None and entry.time_limit_s <= 0:
+        raise ValueError("time_limit_s is a positive number of seconds")
+    HANDLERS[entry.task_type] = entry
 
 
 def handler(
@@ -54,18 +101,30 @@ def handler(
     payload: type[BaseModel],
     description: str = "",
     tags: tuple[str, ...] = (),
+    retry: RetryPolicy | None = None,
+    time_limit_s: float | None = None,
 ) -> Callable[[HandlerFn], HandlerFn]:
-    """Register ``fn`` as the handler of ``task_type``; its payload is validated by ``payload``."""
+    """Register ``fn`` as the handler of ``task_type``; its payload is validated by ``payload``.
 
-    def register(fn: HandlerFn) -> HandlerFn:
-        if task_type in HANDLERS and HANDLERS[task_type].fn is not fn:
-            raise ValueError(f"task type {task_type!r} already has a handler")
-        HANDLERS[task_type] = Handler(
-            task_type, fn, payload, description or (fn.__doc__ or ""), tags
+    ``retry`` retries transient failures; a run longer than ``time_limit_s`` fails with
+    JobTimeLimitError (Celery's soft time limit, then its hard limit a little later).
+    """
+
+    def add(fn: HandlerFn) -> HandlerFn:
+        register(
+            Handler(
+                task_type,
+                fn,
+                payload,
+                description or (fn.__doc__ or ""),
+                tags,
+                retry=retry,
+                time_limit_s=time_limit_s,
+            )
         )
         return fn
 
-    return register
+    return add
 
 
 # --- compute -----------------------------------------------------------------

@@ -35,4 +35,4 @@ def execute(self: Any, envelope: Any) -> Any:
 
 
 # By name: the agent (and what only agents need) loads in worker processes alone.
-app.steps["worker"].add("project.worker.agent:WorkerStep")
+app.steps["worker"].add("project.worker.bootstep:WorkerStep")

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 from project.core.errors import JobError
 from project.core.messages import WorkOrder
 from project.worker import HANDLERS, handler
-from project.worker.execution import call_handler
+from project.worker.execution import call_handler, validated
 from project.worker.handlers import (
     ComputePayload,
     DataProcessingPayload,
@@ -305,8 +305,14 @@ def order(task_type: str, payload: dict[str, Any]) -> WorkOrder:
     return WorkOrder(job_id="job-1", epoch=1, task_type=task_type, payload=payload)
 
 
+def handle(work: WorkOrder) -> Any:
+    """Validate the order's payload and call its handler, as a worker does."""
+    entry, payload = validated(work)
+    return call_handler(work, entry, payload)
+
+
 def test_call_handler_completes_a_valid_job() -> None:
-    result = call_handler(order("compute", {"operation": "sum", "values": [1, 2]}))
+    result = handle(order("compute", {"operation": "sum", "values": [1, 2]}))
     assert result == {"operation": "sum", "result": 3}
 
 
@@ -334,6 +340,6 @@ def test_call_handler_turns_failures_into_job_errors(
     task_type: str, payload: dict[str, Any], error_type: str, words: str
 ) -> None:
     with pytest.raises(JobError) as caught:
-        call_handler(order(task_type, payload))
+        handle(order(task_type, payload))
     assert type(caught.value).__name__ == error_type
     assert words in str(caught.value)

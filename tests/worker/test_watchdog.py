@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from project.worker.agent import ConsumerWatchdog, queue_names
+from project.worker.bootstep import ConsumerWatchdog, queue_names
 
 
 def test_stalled_only_after_the_whole_timeout_with_waiting_work_and_a_free_slot() -> None:

@@ -17,6 +17,7 @@ from project.core.constants import (
     TASK_ASSIGN,
     TASK_COMPLETE,
     TASK_HEALTH_CHECK,
+    TASK_RESUME,
     TASK_SUBMIT,
     TIER_TASK_MODULES,
 )
@@ -100,6 +101,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             TASK_SUBMIT: {"queue": COORDINATOR_QUEUE},
             TASK_HEALTH_CHECK: {"queue": COORDINATOR_QUEUE},
+            TASK_RESUME: {"queue": COORDINATOR_QUEUE},
             TASK_ASSIGN: {"queue": DISTRIBUTOR_QUEUE},
             TASK_COMPLETE: {"queue": DISTRIBUTOR_QUEUE},
             # project.worker.execute is always sent to one worker's own queue.

@@ -13,6 +13,14 @@ local record = ARGV[3] -- msgpack [checkpoint type, bytes, metadata type, bytes,
 local refs = ARGV[4] -- msgpack array of blob fields of every channel version it names
 local keep_last = tonumber(ARGV[5]) -- checkpoints kept per namespace; 0 = keep all
 local blob_count = tonumber(ARGV[6]) -- ARGV[7..] = blob_count (field, value) pairs
+-- Optional fence: KEYS[7] = the job's record, ARGV[7 + 2 * blob_count] = the writer's epoch.
+-- Nothing is written unless the job is IN_PROGRESS at that epoch (a stale or canceled run).
+if KEYS[7] then
+  local fence = redis.call('HMGET', KEYS[7], 'epoch', 'status')
+  if fence[1] ~= ARGV[7 + 2 * blob_count] or fence[2] ~= 'IN_PROGRESS' then
+    return redis.error_reply('FENCED job is ' .. tostring(fence[2]) .. ' at epoch ' .. tostring(fence[1]))
+  end
+end
 
 local CHUNK = 1000 -- arguments per variadic call, well under Lua's unpack limit
 

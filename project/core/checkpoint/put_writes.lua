@@ -4,6 +4,14 @@
 local writes_index_key = KEYS[1] -- zset  ns\0cid\0task_id\0idx (score 0)
 local writes_key = KEYS[2] -- hash  ns\0cid\0task_id\0idx -> write record
 local write_count = tonumber(ARGV[1]) -- ARGV[2..] = write_count (member, record, overwrite)
+-- Optional fence: KEYS[3] = the job's record, ARGV[2 + 3 * write_count] = the writer's epoch.
+-- Nothing is written unless the job is IN_PROGRESS at that epoch (a stale or canceled run).
+if KEYS[3] then
+  local fence = redis.call('HMGET', KEYS[3], 'epoch', 'status')
+  if fence[1] ~= ARGV[2 + 3 * write_count] or fence[2] ~= 'IN_PROGRESS' then
+    return redis.error_reply('FENCED job is ' .. tostring(fence[2]) .. ' at epoch ' .. tostring(fence[1]))
+  end
+end
 
 local members = {}
 for i = 0, write_count - 1 do

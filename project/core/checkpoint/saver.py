@@ -84,23 +84,20 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.base import SerializerProtocol
 from redis.client import NEVER_DECODE
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from project.core.checkpoint.serde import (
     AllowedType,
     CheckpointDecodeError,
     CheckpointError,
+    FencedWriteError,
     strict_serializer,
 )
 from project.core.constants import (
     CHECKPOINT_KEEP_LAST,
-    KEY_CHECKPOINT_BLOBS,
-    KEY_CHECKPOINT_DATA,
     KEY_CHECKPOINT_INDEX,
-    KEY_CHECKPOINT_REFS,
-    KEY_CHECKPOINT_WRITES,
-    KEY_CHECKPOINT_WRITES_INDEX,
+    checkpoint_keys,
 )
 from project.core.errors import ConfigurationError, StoreUnavailableError
 
@@ -146,15 +143,7 @@ def thread_keys(thread_id: str) -> tuple[str, str, str, str, str, str]:
     Returns:
         The six keys, in the order the Lua scripts take them.
     """
-    tag = "{" + str(thread_id) + "}"
-    return (
-        KEY_CHECKPOINT_INDEX + tag,
-        KEY_CHECKPOINT_DATA + tag,
-        KEY_CHECKPOINT_REFS + tag,
-        KEY_CHECKPOINT_BLOBS + tag,
-        KEY_CHECKPOINT_WRITES_INDEX + tag,
-        KEY_CHECKPOINT_WRITES + tag,
-    )
+    return checkpoint_keys(thread_id)
 
 
 def _part(value: object, what: str) -> str:
@@ -203,6 +192,24 @@ def _redis_errors() -> Generator[None, None, None]:
         yield
     except (RedisConnectionError, RedisTimeoutError) as exc:
         raise StoreUnavailableError(f"Redis unreachable for checkpoints: {exc}") from exc
+    except ResponseError as exc:
+        if str(exc).startswith("FENCED"):
+            raise FencedWriteError(f"checkpoint write refused: {str(exc)[7:]}") from None
+        raise
+
+
+FENCE: Final = "job_fence"
+"""Configurable key of a run whose writes are fenced: ``[job record key, epoch]``. Every
+``put`` and ``put_writes`` then writes only while that job is IN_PROGRESS at that epoch,
+checked in the same script, and raises :class:`FencedWriteError` otherwise."""
+
+
+def _fence(config: RunnableConfig) -> tuple[Sequence[str], Sequence[Any]]:
+    fence = config["configurable"].get(FENCE)
+    if not fence:
+        return (), ()
+    key, epoch = fence
+    return (str(key),), (str(int(epoch)),)
 
 
 def _config(thread_id: Any, ns: str, checkpoint_id: str) -> RunnableConfig:
@@ -688,7 +695,12 @@ class RedisSaver(BaseCheckpointSaver[str]):
             len(new_versions),
             *blobs,
         )
-        return thread_keys(thread_id), args, _config(thread_id, ns, checkpoint_id)
+        fence_keys, fence_args = _fence(config)
+        return (
+            (*thread_keys(thread_id), *fence_keys),
+            (*args, *fence_args),
+            _config(thread_id, ns, checkpoint_id),
+        )
 
     def _put_writes_call(
         self,
@@ -706,7 +718,8 @@ class RedisSaver(BaseCheckpointSaver[str]):
             record = _pack([channel, *self.serde.dumps_typed(value), task_path])
             args += (f"{prefix}{_SEP}{slot}", record, "1" if slot < 0 else "0")
         keys = thread_keys(conf["thread_id"])
-        return (keys[4], keys[5]), args
+        fence_keys, fence_args = _fence(config)
+        return (keys[4], keys[5], *fence_keys), (*args, *fence_args)
 
     def _trim_args(self, ns: str) -> Sequence[Any]:
         return (ns, "", b"", b"", 1, 0)

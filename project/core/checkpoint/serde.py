@@ -74,6 +74,11 @@ class CheckpointDecodeError(CheckpointError):
     """Stored checkpoint data is malformed and cannot be decoded."""
 
 
+class FencedWriteError(CheckpointError):
+    """A fenced write was refused: the job moved to another epoch, or is no longer running
+    (canceled, final). The run that tried it is stale and must stop."""
+
+
 class DisallowedTypeError(CheckpointDecodeError):
     """Checkpoint data names a type, method or format outside the deserialization allowlist."""
 

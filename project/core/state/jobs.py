@@ -7,9 +7,12 @@ message, and a completion whose epoch is stale changes nothing. The first valid
 completion is the job's one recorded result.
 
 Within one epoch the status only moves forward
-(ASSIGNED -> IN_PROGRESS -> COMPLETED / FAILED / ABANDONED); a re-dispatch opens
-a new epoch. Every transition is announced on the ``events:jobs`` channel and
-appends the envelope that caused it to the job's causal chain.
+(ASSIGNED -> IN_PROGRESS [-> INPUT_REQUIRED] -> COMPLETED / FAILED / CANCELED / ABANDONED);
+a re-dispatch opens a new epoch (a resumed agent goes INPUT_REQUIRED -> PENDING and is
+dispatched again). ``cancel`` ends a job from any unfinished status. Every transition is
+announced on the ``events:jobs`` channel, appended to the job's event log (stream
+``joblog:{id}``, see :mod:`project.core.state.joblog`), and appends the envelope that caused
+it to the job's causal chain.
 """
 
 from __future__ import annotations
@@ -28,10 +31,14 @@ from project.core.constants import (
     CHANNEL_JOBS,
     KEY_INTENTS,
     KEY_JOB,
+    KEY_JOB_LOG,
     KEY_JOBS_COUNT,
     KEY_JOBS_OPEN,
+    KEY_JOBS_OWNER,
+    KEY_JOBS_WAITING,
     KEY_STATS_JOBS,
     KEY_WORKER_JOBS,
+    checkpoint_keys,
 )
 from project.core.models import JobRecord, JobSpec, JobStatus
 from project.core.state.lua import load_script
@@ -56,6 +63,10 @@ def chain_link(envelope: Envelope) -> str:
         },
         separators=(",", ":"),
     )
+
+
+_JSON_OPTIONAL = ("interrupts", "resume", "a2a_message")
+"""Record fields stored as JSON that only some jobs have."""
 
 
 def _dumps(value: object) -> str:
@@ -91,6 +102,8 @@ class StartKind(StrEnum):
     """The job is already final: the work order is a copy of a finished one (a replay)."""
     EXHAUSTED = "exhausted"
     """Started ``max_runs`` times already by workers that died: a poison job."""
+    CANCELED = "canceled"
+    """The job was canceled: drop the order."""
     STALE = "stale"
     """Another epoch, a final job or no job: drop the order."""
 
@@ -131,13 +144,17 @@ class FinishOutcome:
 class JobStore:
     """Job records in Redis. Every method is one round trip."""
 
-    def __init__(self, redis: Redis, *, result_ttl_s: int) -> None:
+    def __init__(self, redis: Redis, *, result_ttl_s: int, log_cap: int = 1000) -> None:
         self._redis = redis
         self._result_ttl_s = result_ttl_s
+        self._log_cap = log_cap
         self._create = redis.register_script(load_script("job_create"))
         self._assign = redis.register_script(load_script("job_assign"))
         self._start = redis.register_script(load_script("job_start"))
         self._finish = redis.register_script(load_script("job_finish"))
+        self._park = redis.register_script(load_script("job_park"))
+        self._resume = redis.register_script(load_script("job_resume"))
+        self._cancel = redis.register_script(load_script("job_cancel"))
 
     def create(self, job_id: str, spec: JobSpec, *, deadline_ms: int) -> bool:
         """Record a new PENDING job. False if a job with this id already exists."""
@@ -154,13 +171,27 @@ class JobStore:
             "updated_ms": now,
             "deadline_ms": deadline_ms,
             **({"deadline_s": spec.deadline_s} if spec.deadline_s is not None else {}),
+            **(
+                {"input_timeout_s": spec.input_timeout_s}
+                if spec.input_timeout_s is not None
+                else {}
+            ),
+            **({"a2a_message": _dumps(spec.a2a_message)} if spec.a2a_message else {}),
+            **({"owner": spec.owner} if spec.owner else {}),
             "payload": _dumps(spec.payload),
             "requirements": spec.requirements.model_dump_json(),
         }
-        args: list[Any] = [job_id, now, CHANNEL_JOBS]
+        args: list[Any] = [job_id, now, CHANNEL_JOBS, self._log_cap]
         for name, value in fields.items():
             args += [name, value]
-        keys = [KEY_JOB + job_id, KEY_JOBS_OPEN, KEY_JOBS_COUNT, KEY_INTENTS]
+        keys = [
+            KEY_JOB + job_id,
+            KEY_JOBS_OPEN,
+            KEY_JOBS_COUNT,
+            KEY_INTENTS,
+            KEY_JOB_LOG + job_id,
+            *([KEY_JOBS_OWNER + spec.owner] if spec.owner else []),
+        ]
         return bool(self._create(keys=keys, args=args))
 
     def record_intents(self, calls: dict[str, dict[str, Any]]) -> None:
@@ -231,7 +262,7 @@ class JobStore:
         dispatch: Envelope,
     ) -> AssignOutcome:
         """Assign the job to ``worker_id`` if its epoch is still ``expected_epoch``."""
-        keys = [KEY_JOB + job_id, KEY_JOBS_OPEN, KEY_JOBS_COUNT]
+        keys = [KEY_JOB + job_id, KEY_JOBS_OPEN, KEY_JOBS_COUNT, KEY_JOB_LOG + job_id]
         args: list[EncodableT] = [
             job_id,
             expected_epoch,
@@ -242,6 +273,7 @@ class JobStore:
             CHANNEL_JOBS,
             dispatch.id,
             chain_link(dispatch),
+            self._log_cap,
         ]
         reply = self._assign(keys=keys, args=args)
         kind = AssignKind(reply[0])
@@ -254,10 +286,17 @@ class JobStore:
         return AssignOutcome(kind)
 
     def start(
-        self, job_id: str, *, epoch: int, worker_id: str, request: Envelope, max_runs: int
+        self,
+        job_id: str,
+        *,
+        epoch: int,
+        worker_id: str,
+        request: Envelope,
+        max_runs: int,
+        kind: str = "handler",
     ) -> StartKind:
         """Move ASSIGNED -> IN_PROGRESS for this worker and epoch (see :class:`StartKind`)."""
-        keys = [KEY_JOB + job_id, KEY_STATS_JOBS]
+        keys = [KEY_JOB + job_id, KEY_STATS_JOBS, KEY_JOB_LOG + job_id]
         args: list[EncodableT] = [
             job_id,
             epoch,
@@ -267,6 +306,8 @@ class JobStore:
             CHANNEL_JOBS,
             chain_link(request),
             max_runs,
+            kind,
+            self._log_cap,
         ]
         reply = str(self._start(keys=keys, args=args))
         return StartKind(reply) if reply in StartKind.__members__.values() else StartKind.STALE
@@ -281,16 +322,25 @@ class JobStore:
         error: dict[str, str] | None = None,
         cause: Envelope | None = None,
         event: Envelope | None = None,
+        only_from: JobStatus | None = None,
     ) -> FinishOutcome:
         """Record the job's final status and result, once, if ``epoch`` is current.
 
         ``cause`` and then ``event`` (the signed EVENT for the coordinator) are
         appended to the causal chain, and ``event`` rides whole in the final
-        announcement on ``events:jobs``, all in the same atomic step.
+        announcement on ``events:jobs``, all in the same atomic step. With
+        ``only_from``, a job in any other status is left alone (``STALE``).
         """
         if not status.is_final:
             raise ValueError(f"{status} is not a final status")
-        keys = [KEY_JOB + job_id, KEY_JOBS_OPEN, KEY_JOBS_COUNT]
+        keys = [
+            KEY_JOB + job_id,
+            KEY_JOBS_OPEN,
+            KEY_JOBS_COUNT,
+            KEY_JOBS_WAITING,
+            KEY_JOB_LOG + job_id,
+            *checkpoint_keys(job_id),
+        ]
         args: list[EncodableT] = [
             job_id,
             epoch,
@@ -304,6 +354,8 @@ class JobStore:
             chain_link(cause) if cause is not None else "",
             chain_link(event) if event is not None else "",
             _dumps(event.to_wire()) if event is not None else "",
+            only_from.value if only_from is not None else "",
+            self._log_cap,
         ]
         reply = self._finish(keys=keys, args=args)
         kind = FinishKind(reply[0])
@@ -318,19 +370,141 @@ class JobStore:
             return FinishOutcome(kind, status=reply[1])
         return FinishOutcome(kind)
 
+    def park(
+        self,
+        job_id: str,
+        *,
+        epoch: int,
+        interrupts: list[dict[str, JsonValue]],
+        cause: Envelope | None = None,
+    ) -> bool:
+        """Park a running agent that waits for input (IN_PROGRESS -> INPUT_REQUIRED).
+
+        Returns False if the job is not running at ``epoch`` (nothing changed).
+        """
+        keys = [KEY_JOB + job_id, KEY_JOBS_OPEN, KEY_JOBS_WAITING, KEY_JOB_LOG + job_id]
+        args: list[EncodableT] = [
+            job_id,
+            epoch,
+            _dumps(interrupts),
+            now_ms(),
+            KEY_WORKER_JOBS,
+            CHANNEL_JOBS,
+            chain_link(cause) if cause is not None else "",
+            self._log_cap,
+        ]
+        return bool(self._park(keys=keys, args=args)[0] == "parked")
+
+    def resume(
+        self,
+        job_id: str,
+        answer: dict[str, JsonValue],
+        *,
+        a2a_message: dict[str, JsonValue] | None = None,
+    ) -> tuple[str, str]:
+        """Take the answer to a parked agent's interrupts (INPUT_REQUIRED -> PENDING).
+
+        Returns ``("resumed", epoch)``, ``("not_waiting", status)`` or ``("missing", "")``.
+        """
+        keys = [KEY_JOB + job_id, KEY_JOBS_OPEN, KEY_JOBS_WAITING, KEY_JOB_LOG + job_id]
+        args: list[EncodableT] = [
+            job_id,
+            _dumps(answer),
+            now_ms(),
+            _dumps(a2a_message) if a2a_message else "",
+            CHANNEL_JOBS,
+            self._log_cap,
+        ]
+        reply = self._resume(keys=keys, args=args)
+        return str(reply[0]), str(reply[1]) if len(reply) > 1 else ""
+
+    def cancel(self, job_id: str, error: dict[str, str]) -> list[str]:
+        """End an unfinished job as CANCELED.
+
+        Returns ``["canceled", previous status, epoch, assignee, kind]``,
+        ``["final", status]`` (nothing changed) or ``["missing"]``.
+        """
+        keys = [
+            KEY_JOB + job_id,
+            KEY_JOBS_OPEN,
+            KEY_JOBS_COUNT,
+            KEY_JOBS_WAITING,
+            KEY_JOB_LOG + job_id,
+            *checkpoint_keys(job_id),
+        ]
+        args: list[EncodableT] = [
+            job_id,
+            now_ms(),
+            _dumps(error),
+            self._result_ttl_s,
+            KEY_WORKER_JOBS,
+            CHANNEL_JOBS,
+            self._log_cap,
+        ]
+        return [str(part) for part in self._cancel(keys=keys, args=args)]
+
+    def count_retry(self, job_id: str) -> int:
+        """Count one retry of the job's run by its retry policy; the new count."""
+        return int(self._redis.hincrby(KEY_JOB + job_id, "retries", 1))
+
+    def waiting_past(self, when_ms: int, limit: int = 500) -> list[str]:
+        """Parked jobs whose input deadline is at or before ``when_ms``."""
+        ids: list[str] = self._redis.zrangebyscore(  # type: ignore[assignment]
+            KEY_JOBS_WAITING, "-inf", when_ms, start=0, num=limit
+        )
+        return ids
+
+    def owned_by(
+        self,
+        owner: str,
+        *,
+        limit: int,
+        before_ms: int | None = None,
+        before_id: str | None = None,
+    ) -> list[str]:
+        """Ids of an owner's jobs, newest first (some may have expired).
+
+        To page back, pass the last job shown as ``before_ms`` (its creation time) and
+        ``before_id``: jobs created in the same millisecond are told apart by id (the
+        index orders equal times by id). ``before_ms`` alone lists only older jobs.
+        """
+        key = KEY_JOBS_OWNER + owner
+        if before_ms is None:
+            ids: list[str] = self._redis.zrevrange(key, 0, limit - 1)  # type: ignore[assignment]
+            return ids
+        if before_id is None:
+            older: list[str] = self._redis.zrevrangebyscore(  # type: ignore[assignment]
+                key, f"({before_ms}", "-inf", start=0, num=limit
+            )
+            return older
+        same: list[str] = self._redis.zrevrangebyscore(  # type: ignore[assignment]
+            key, before_ms, before_ms
+        )
+        tied = [job_id for job_id in same if job_id < before_id]
+        return (
+            tied[:limit]
+            + self.owned_by(owner, limit=limit - len(tied), before_ms=before_ms)[
+                : max(0, limit - len(tied))
+            ]
+        )
+
+    def forget_owned(self, owner: str, job_ids: list[str]) -> None:
+        """Drop expired jobs from an owner's index."""
+        if job_ids:
+            self._redis.zrem(KEY_JOBS_OWNER + owner, *job_ids)
+
     def get(self, job_id: str) -> JobRecord | None:
         """Read a job's record, or None if there is none."""
         raw: dict[str, str] = self._redis.hgetall(KEY_JOB + job_id)  # type: ignore[assignment]
         if not raw:
             return None
         data: dict[str, Any] = {k: v for k, v in raw.items() if not k.startswith(CHAIN_FIELD)}
-        for name in ("payload", "requirements", "result", "error"):
+        for name in ("payload", "requirements", "result", "error", *_JSON_OPTIONAL):
             if name in data:
                 data[name] = json.loads(data[name])
-        if data.get("requirements") is None:
-            data.pop("requirements", None)
-        if data.get("payload") is None:
-            data.pop("payload", None)
+        for name in ("requirements", "payload", "interrupts"):
+            if data.get(name) is None:
+                data.pop(name, None)
         return JobRecord.model_validate(data)
 
     def chain(self, job_id: str) -> list[dict[str, Any]]:

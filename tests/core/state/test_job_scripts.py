@@ -4,8 +4,10 @@ Each test drives :class:`~project.core.state.jobs.JobStore` (built as the runtim
 builds it) into one branch of one Lua script and checks both what the call returned
 and what Redis holds afterwards: the job's record, the ``jobs:open`` and
 ``worker:jobs:{id}`` indexes, the counters, the causal chain (the record's
-``link:{epoch}:{step}`` fields), the submit intents and the ``events:jobs``
-announcements. A branch that refuses to act must leave the database exactly as it was.
+``link:{epoch}:{step}`` fields), the job's event log (stream ``joblog:{id}``: one
+``status`` event per transition), the submit intents and the ``events:jobs``
+announcements. A branch that refuses to act must leave the database exactly as it was
+(its event log included).
 
 Replays need no markers of their own: a copy of a message whose job is final is
 refused by the script of its hop (``assign`` and ``start`` answer ``final``, ``finish``
@@ -32,6 +34,7 @@ from project.core.constants import (
     DISTRIBUTOR,
     KEY_INTENTS,
     KEY_JOB,
+    KEY_JOB_LOG,
     KEY_JOBS_COUNT,
     KEY_JOBS_OPEN,
     KEY_STATS_JOBS,
@@ -105,6 +108,27 @@ def announced(events: list[dict[str, Any]]) -> list[tuple[str, int, str, str]]:
     return [(e["status"], e["epoch"], e["assignee"], e["event"]) for e in events]
 
 
+PENDING_EVENT: dict[str, Any] = {"status": "PENDING", "epoch": 0}
+"""The status event ``create`` appends to the new job's log."""
+
+
+def assigned_event(epoch: int, worker_id: str) -> dict[str, Any]:
+    """The status event ``assign`` appends."""
+    return {"status": "ASSIGNED", "epoch": epoch, "worker": worker_id}
+
+
+def started_event(epoch: int, worker_id: str) -> dict[str, Any]:
+    """The status event ``start`` appends (first start only)."""
+    return {"status": "IN_PROGRESS", "epoch": epoch, "worker": worker_id}
+
+
+def final_event(
+    status: JobStatus, epoch: int, result: Any = None, error: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The status event ``finish`` appends: the final status with the job's result."""
+    return {"status": status.value, "epoch": epoch, "result": result, "error": error}
+
+
 def dispatch_order(job_id: str) -> Envelope:
     """The coordinator's dispatch request to the distributors (``assign``'s envelope)."""
     return SIGNER.request(
@@ -125,6 +149,34 @@ def work_report(order: Envelope) -> Envelope:
     )
 
 
+def dump_keyspace(redis: Redis) -> dict[Any, tuple[str, object, bool]]:
+    """Every key of ``redis``'s database: its type, its value and whether it expires.
+
+    With a client that does not decode responses it also reads binary values (checkpoints).
+    """
+    state: dict[Any, tuple[str, object, bool]] = {}
+    for key in sorted(redis.keys("*")):  # type: ignore[union-attr]
+        raw_kind = redis.type(key)
+        kind = raw_kind.decode() if isinstance(raw_kind, bytes) else str(raw_kind)
+        value: object
+        if kind == "hash":
+            value = redis.hgetall(key)
+        elif kind == "zset":
+            value = redis.zrange(key, 0, -1, withscores=True)
+        elif kind == "set":
+            value = sorted(redis.smembers(key))  # type: ignore[arg-type]
+        elif kind == "list":
+            value = redis.lrange(key, 0, -1)
+        elif kind == "stream":
+            value = redis.xrange(key)
+        elif kind == "string":
+            value = redis.get(key)
+        else:
+            raise AssertionError(f"{key!r} holds a {kind}, which dump_keyspace cannot read")
+        state[key] = (kind, value, redis.ttl(key) != -1)
+    return state
+
+
 class JobsDb:
     """A job store on the scratch database, what the database holds, what was announced.
 
@@ -140,22 +192,7 @@ class JobsDb:
 
     def dump(self) -> dict[str, tuple[str, object, bool]]:
         """Every key of the database: its type, its value and whether it expires."""
-        state: dict[str, tuple[str, object, bool]] = {}
-        for key in sorted(self.redis.keys("*")):  # type: ignore[union-attr]
-            kind = self.redis.type(key)
-            value: object
-            if kind == "hash":
-                value = self.redis.hgetall(key)
-            elif kind == "zset":
-                value = self.redis.zrange(key, 0, -1, withscores=True)
-            elif kind == "set":
-                value = sorted(self.redis.smembers(key))  # type: ignore[arg-type]
-            elif kind == "list":
-                value = self.redis.lrange(key, 0, -1)
-            else:
-                value = self.redis.get(key)
-            state[key] = (str(kind), value, self.redis.ttl(key) != -1)
-        return state
+        return dump_keyspace(self.redis)
 
     def record(self, job_id: str) -> dict[str, str]:
         """The job's raw hash (with the scripts' own fields: runs, exec_msg, dispatch_msg)."""
@@ -180,6 +217,21 @@ class JobsDb:
             KEY_JOBS_OPEN, 0, -1, withscores=True
         )
         return {job_id: int(score) for job_id, score in pairs}
+
+    def log(self, job_id: str) -> list[tuple[str, int, dict[str, Any]]]:
+        """The job's event log as stored: ``(k, ms, decoded d)`` per entry, oldest first."""
+        entries: list[tuple[str, dict[str, str]]] = self.redis.xrange(  # type: ignore[assignment]
+            KEY_JOB_LOG + job_id
+        )
+        for _, fields in entries:
+            assert set(fields) == {"k", "ms", "d"}, fields
+        return [(f["k"], int(f["ms"]), json.loads(f["d"])) for _, f in entries]
+
+    def statuses(self, job_id: str) -> list[dict[str, Any]]:
+        """The data of the job's ``status`` events, oldest first (every event is one)."""
+        log = self.log(job_id)
+        assert all(k == "status" for k, _, _ in log), log
+        return [data for _, _, data in log]
 
     def chain(self, job_id: str) -> dict[str, str]:
         """The causal chain as stored: the record's ``link:{epoch:06d}:{step}`` fields."""
@@ -319,7 +371,11 @@ def test_create_records_a_pending_job(db: JobsDb) -> None:
     assert db.counts() == {"PENDING": "1"}
     db.expect_chain(job_id, {})
     assert not db.redis.keys(KEY_WORKER_JOBS + "*")
-    assert db.keys() == {KEY_JOB + job_id, KEY_JOBS_OPEN, KEY_JOBS_COUNT}
+    # The job's event log starts with its PENDING status, at the creation time; like the
+    # record it lives until the job is final. A job without an owner has no owner index.
+    assert db.log(job_id) == [("status", created, PENDING_EVENT)]
+    assert db.redis.ttl(KEY_JOB_LOG + job_id) == -1
+    assert db.keys() == {KEY_JOB + job_id, KEY_JOBS_OPEN, KEY_JOBS_COUNT, KEY_JOB_LOG + job_id}
     assert db.events.of(job_id) == [{"job_id": job_id, "status": "PENDING", "epoch": 0}]
 
 
@@ -354,6 +410,7 @@ def test_duplicate_create_returns_false_and_changes_nothing_but_the_intent(db: J
     assert db.redis.exists(KEY_INTENTS) == 0
     assert db.record(job_id)["task_type"] == "compute"
     assert db.counts() == {"PENDING": "1"}
+    assert db.statuses(job_id) == [PENDING_EVENT]
 
 
 # --- assign ----------------------------------------------------------------------------
@@ -369,11 +426,13 @@ def test_assign_ok_moves_the_job_to_the_worker(
 ) -> None:
     other = assigned_to or W2
     links: dict[str, Envelope] = {}
+    log_before = [PENDING_EVENT]
     if assigned_to is None:
         job_id = db.new_job()
     else:
         job_id, first = db.assigned_job(assigned_to)
         links["link:000001:a"] = first
+        log_before.append(assigned_event(1, assigned_to))
     db.events.of(job_id)
     dispatch = dispatch_order(job_id)
     before = now_ms()
@@ -400,6 +459,8 @@ def test_assign_ok_moves_the_job_to_the_worker(
     assert db.open_jobs() == {job_id: updated}
     assert db.counts() == {"PENDING": "1"}  # only PENDING and final statuses are counted
     db.expect_chain(job_id, {**links, f"link:{epoch:06d}:a": dispatch})
+    assert db.statuses(job_id) == [*log_before, assigned_event(epoch, worker)]
+    assert db.log(job_id)[-1][:2] == ("status", updated)
     assert db.events.of(job_id) == [
         {"job_id": job_id, "status": "ASSIGNED", "epoch": epoch, "assignee": worker}
     ]
@@ -505,13 +566,15 @@ def test_start_run_moves_the_job_in_progress(db: JobsDb) -> None:
         W1,
         "1",
     )
-    assert (raw["exec_msg"], raw["runs"]) == (order.id, "1")
+    assert (raw["exec_msg"], raw["runs"], raw["kind"]) == (order.id, "1", "handler")
     assert "result" not in raw
     assert db.worker_jobs(W1) == {job_id}
     assert job_id in db.open_jobs()
     assert db.counts() == {"PENDING": "1"}  # only PENDING and final statuses are counted
     assert db.stats() == {"handler_executions": "1"}
     db.expect_chain(job_id, {"link:000001:a": dispatch, "link:000001:b": order})
+    assert db.statuses(job_id) == [PENDING_EVENT, assigned_event(1, W1), started_event(1, W1)]
+    assert db.log(job_id)[-1][:2] == ("status", updated)
     assert db.events.of(job_id) == [
         {"job_id": job_id, "status": "IN_PROGRESS", "epoch": 1, "assignee": W1}
     ]
@@ -522,6 +585,7 @@ def test_start_rerun_counts_a_redelivery_and_moves_nothing_else(db: JobsDb) -> N
     db.events.of(job_id)
     before = db.record(job_id)
     chain_before = db.chain(job_id)
+    log_before = db.log(job_id)
 
     # Celery redelivers the same work order after the worker process died mid-way.
     assert db.start(job_id, epoch=1, worker_id=W1, order=order) is StartKind.RERUN
@@ -532,6 +596,9 @@ def test_start_rerun_counts_a_redelivery_and_moves_nothing_else(db: JobsDb) -> N
     assert db.chain(job_id) == chain_before
     assert sorted(chain_before) == ["link:000001:a", "link:000001:b"]
     assert db.worker_jobs(W1) == {job_id}
+    # The status did not change, so the log did not either.
+    assert db.log(job_id) == log_before
+    assert len(log_before) == 3
     assert db.events.of(job_id) == []
 
 
@@ -595,6 +662,7 @@ def test_start_exhausted_for_a_new_epoch_of_a_poison_job(db: JobsDb) -> None:
     before = db.record(job_id)
     stats_before = db.stats()
     chain_before = db.chain(job_id)
+    log_before = db.log(job_id)
     order = work_order(dispatch, W2, 2)
 
     kind = db.start(job_id, epoch=2, worker_id=W2, order=order, max_runs=1)
@@ -608,6 +676,8 @@ def test_start_exhausted_for_a_new_epoch_of_a_poison_job(db: JobsDb) -> None:
     assert db.chain(job_id) == chain_before
     assert sorted(chain_before) == ["link:000001:a", "link:000001:b", "link:000002:a"]
     assert db.worker_jobs(W2) == {job_id}
+    assert db.log(job_id) == log_before
+    assert db.statuses(job_id)[-1] == assigned_event(2, W2)
     assert db.events.of(job_id) == []
 
 
@@ -615,12 +685,14 @@ def test_start_exhausted_for_a_redelivery_past_the_bound(db: JobsDb) -> None:
     job_id, order = db.started_job(W1)
     db.events.of(job_id)
     before = db.record(job_id)
+    log_before = db.log(job_id)
 
     kind = db.start(job_id, epoch=1, worker_id=W1, order=order, max_runs=1)
 
     assert kind is StartKind.EXHAUSTED
     assert db.record(job_id) == {**before, "runs": "2"}
     assert db.stats() == {"handler_executions": "1"}
+    assert db.log(job_id) == log_before
     assert db.events.of(job_id) == []
 
 
@@ -663,10 +735,20 @@ def test_finish_recorded_closes_the_job_and_chains_its_cause(db: JobsDb) -> None
         order.id,
         report.id,
     ]
-    # The record (its chain in it) expires; nothing else was written: no marker, no list.
+    # The log ends with the final status and the result, at the finish time.
+    assert db.statuses(job_id) == [
+        PENDING_EVENT,
+        assigned_event(1, W1),
+        started_event(1, W1),
+        final_event(JobStatus.COMPLETED, 1, result={"sum": 3}),
+    ]
+    assert db.log(job_id)[-1][:2] == ("status", finished)
+    # The record (its chain in it) and the log expire; nothing else was written: no
+    # marker, no list, no checkpoint key (a handler's job has none to expire).
     assert 0 < db.redis.ttl(KEY_JOB + job_id) <= RESULT_TTL_S
-    assert db.expiring_keys() == {KEY_JOB + job_id}
-    assert db.keys() == {KEY_JOB + job_id, KEY_JOBS_COUNT, KEY_STATS_JOBS}
+    assert 0 < db.redis.ttl(KEY_JOB_LOG + job_id) <= RESULT_TTL_S
+    assert db.expiring_keys() == {KEY_JOB + job_id, KEY_JOB_LOG + job_id}
+    assert db.keys() == {KEY_JOB + job_id, KEY_JOB_LOG + job_id, KEY_JOBS_COUNT, KEY_STATS_JOBS}
     assert announced(db.events.of(job_id)) == [("COMPLETED", 1, W1, "")]
 
 
@@ -695,9 +777,13 @@ def test_finish_recorded_without_a_cause_for_a_job_nobody_took(
     assert not db.redis.keys(KEY_WORKER_JOBS + "*")
     assert db.counts() == {"PENDING": "1", "ABANDONED": "1"}
     db.expect_chain(job_id, {"link:000000:d": event} if event is not None else {})
+    assert db.statuses(job_id) == [
+        PENDING_EVENT,
+        final_event(JobStatus.ABANDONED, 0, error=error),
+    ]
     assert 0 < db.redis.ttl(KEY_JOB + job_id) <= RESULT_TTL_S
-    assert db.expiring_keys() == {KEY_JOB + job_id}
-    assert db.keys() == {KEY_JOB + job_id, KEY_JOBS_COUNT}
+    assert db.expiring_keys() == {KEY_JOB + job_id, KEY_JOB_LOG + job_id}
+    assert db.keys() == {KEY_JOB + job_id, KEY_JOB_LOG + job_id, KEY_JOBS_COUNT}
     (announcement,) = db.events.of(job_id)
     assert announced([announcement])[0][:3] == ("ABANDONED", 0, "")
     if event is None:
@@ -731,7 +817,11 @@ def test_finish_recorded_with_the_signed_event_chains_and_announces_it(db: JobsD
     }
     assert [link["id"] for link in db.store.chain(job_id)][-3:] == [order.id, report.id, event.id]
     assert db.counts() == {"PENDING": "1", "FAILED": "1"}
-    assert db.expiring_keys() == {KEY_JOB + job_id}
+    # The signed EVENT rides in the announcement, not in the log.
+    assert db.statuses(job_id)[-1] == final_event(
+        JobStatus.FAILED, 1, error={"type": "E", "message": "m"}
+    )
+    assert db.expiring_keys() == {KEY_JOB + job_id, KEY_JOB_LOG + job_id}
     (announcement,) = db.events.of(job_id)
     assert announced([announcement])[0][:3] == ("FAILED", 1, W1)
     assert json.loads(announcement["event"]) == event.to_wire()
@@ -779,6 +869,9 @@ def test_finish_already_returns_the_first_result_and_changes_nothing(
     assert (job.status, job.result, job.error) == (first, result, error)
     assert db.chain(job_id)["link:000001:d"] == chain_link(event)
     assert db.counts() == {"PENDING": "1", first.value: "1"}
+    # One final status event: the first result's (the block above saw the log unchanged).
+    assert db.statuses(job_id)[-1] == final_event(first, 1, result=result, error=error)
+    assert [e["status"] for e in db.statuses(job_id)].count(first.value) == 1
 
 
 def test_finish_stale_for_an_older_epoch(db: JobsDb) -> None:
@@ -804,6 +897,8 @@ def test_finish_stale_for_an_older_epoch(db: JobsDb) -> None:
     assert "result" not in raw
     assert "link:000001:c" not in raw and "link:000001:d" not in raw
     assert db.worker_jobs(W2) == {job_id}
+    assert db.statuses(job_id)[-1] == assigned_event(2, W2)
+    assert db.redis.ttl(KEY_JOB_LOG + job_id) == -1
 
 
 def test_finish_refuses_a_status_that_is_not_final(db: JobsDb) -> None:
@@ -906,3 +1001,12 @@ def test_the_chain_reads_in_order_across_epochs_and_steps(db: JobsDb) -> None:
     )
     assert db.stats() == {"handler_executions": str(epochs)}
     assert db.counts() == {"PENDING": "1", "COMPLETED": "1"}
+    # The log holds every transition of every epoch, in order.
+    expected_log = [PENDING_EVENT]
+    for epoch in range(1, epochs + 1):
+        worker = (W1, W2)[epoch % 2]
+        expected_log += [assigned_event(epoch, worker), started_event(epoch, worker)]
+    expected_log.append(final_event(JobStatus.COMPLETED, epochs, result=1))
+    assert db.statuses(job_id) == expected_log
+    stamps = [ms for _, ms, _ in db.log(job_id)]
+    assert stamps == sorted(stamps)

@@ -6,16 +6,22 @@ local job_key = KEYS[1]        -- job:{id}
 local open_jobs_key = KEYS[2]  -- jobs:open
 local counts_key = KEYS[3]     -- jobs:count
 local intents_key = KEYS[4]    -- jobs:intents (hash job id -> the submit call)
+local log_key = KEYS[5]        -- joblog:{id}
+local owner_key = KEYS[6]      -- jobs:owner:{owner}; absent for a job without an owner
 
 local job_id = ARGV[1]
 local now_ms = ARGV[2]
 local channel = ARGV[3]
--- ARGV[4..]: field, value, field, value, ... of the new record
+local log_cap = ARGV[4]
+-- ARGV[5..]: field, value, field, value, ... of the new record
 
 redis.call('HDEL', intents_key, job_id)
 if redis.call('EXISTS', job_key) == 1 then return 0 end
-redis.call('HSET', job_key, unpack(ARGV, 4))
+redis.call('HSET', job_key, unpack(ARGV, 5))
 redis.call('ZADD', open_jobs_key, now_ms, job_id)
+if owner_key then redis.call('ZADD', owner_key, now_ms, job_id) end
+redis.call('XADD', log_key, 'MAXLEN', '~', log_cap, '*', 'k', 'status', 'ms', now_ms,
+  'd', cjson.encode({status='PENDING', epoch=0}))
 redis.call('HINCRBY', counts_key, 'PENDING', 1)
 redis.call('PUBLISH', channel, cjson.encode({job_id=job_id, status='PENDING', epoch=0}))
 return 1

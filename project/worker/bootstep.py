@@ -34,6 +34,10 @@ STALL_EXIT_CODE = 70
 """The exit code if the process has to exit hard (EX_SOFTWARE)."""
 
 
+BUILTIN_AGENT_MODULES = ("project.worker.assistant",)
+"""The agents every worker offers besides the plain handlers (the example assistant)."""
+
+
 def load_handler_modules(modules: list[str]) -> None:
     """Import the app modules that register extra handlers.
 
@@ -67,6 +71,8 @@ def build_worker_card(runtime: Runtime, worker: Any) -> AgentCard:
             if HANDLERS[t].description
             else "",
             tags=list(HANDLERS[t].tags),
+            kind=HANDLERS[t].kind,
+            time_limit_s=HANDLERS[t].time_limit_s,
         )
         for t in offered
     ]
@@ -224,7 +230,7 @@ class WorkerHooks(AgentHooks):
 class WorkerStep(AgentStep):
     """Registers a worker agent, reports its running jobs, watches its consumer."""
 
-    name = "project.worker.agent"
+    name = "project.worker.bootstep"
     tier: ClassVar[Tier] = Tier.WORKER
     hooks: ClassVar[AgentHooks] = WorkerHooks()
 
@@ -232,7 +238,7 @@ class WorkerStep(AgentStep):
         super().__init__(worker, **kwargs)
         # Before the pool forks, so every child process has the app's handlers.
         if self.tier in get_runtime().identity.tiers:
-            load_handler_modules(get_settings().handler_modules)
+            load_handler_modules([*BUILTIN_AGENT_MODULES, *get_settings().handler_modules])
 
     def build_card(self, runtime: Runtime, worker: Any) -> AgentCard:
         """The worker's card (see :func:`build_worker_card`)."""

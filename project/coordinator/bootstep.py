@@ -13,7 +13,7 @@ from project.core.models import Skill
 class CoordinatorStep(TierAgentStep):
     """Registers the coordinator agent and runs its live view."""
 
-    name = "project.coordinator.agent"
+    name = "project.coordinator.bootstep"
     tier: ClassVar[Tier] = Tier.COORDINATOR
     hooks: ClassVar[AgentHooks] = CoordinatorViewHooks()
     queue: ClassVar[str] = COORDINATOR_QUEUE

@@ -13,7 +13,7 @@ from project.distributor.presence import SharedStateHooks
 class DistributorStep(TierAgentStep):
     """Registers a distributor agent and keeps its shared state current."""
 
-    name = "project.distributor.agent"
+    name = "project.distributor.bootstep"
     tier: ClassVar[Tier] = Tier.DISTRIBUTOR
     hooks: ClassVar[AgentHooks] = SharedStateHooks()
     queue: ClassVar[str] = DISTRIBUTOR_QUEUE
