@@ -173,6 +173,7 @@ def up(
     distributors: Annotated[int, typer.Option(min=1, help="Distributor processes.")] = 2,
     concurrency: Annotated[int, typer.Option(min=1, help="Pool size of each process.")] = 2,
     flower_port: Annotated[int, typer.Option(help="Flower's port (127.0.0.1).")] = 5555,
+    gateway_port: Annotated[int, typer.Option(help="The A2A gateway's port (127.0.0.1).")] = 8700,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve /metrics from port N (N+1, ... per agent).")
     ] = None,
@@ -180,7 +181,8 @@ def up(
         Path | None, typer.Option(help="Folder for Redis data and logs (default: a temp dir).")
     ] = None,
 ) -> None:
-    """Embedded Redis + every tier + beat + Flower, in one command. Ctrl-C stops everything."""
+    """Embedded Redis + every tier + beat + Flower + the A2A gateway, in one command.
+    Ctrl-C stops everything."""
     from project.local.up import UpOptions, run_up
 
     ids = tuple(w.strip() for w in workers.split(",") if w.strip())
@@ -191,6 +193,7 @@ def up(
         distributors=distributors,
         concurrency=concurrency,
         flower_port=flower_port,
+        gateway_port=gateway_port,
         metrics_port=metrics_port,
         workdir=workdir,
     )

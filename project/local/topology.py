@@ -18,11 +18,11 @@ class Service:
     name: str
     """Service name (compose service, log file, node name)."""
     command: tuple[str, ...]
-    """argv, starting with ``celery``."""
+    """argv: ``celery ...``, or ``python -m ...`` (run with the deployment's Python)."""
     env: dict[str, str] = field(default_factory=dict)
     """Environment on top of the deployment's."""
     tier: str = ""
-    """``coordinator``, ``distributor``, ``worker``, ``beat`` or ``flower``."""
+    """``coordinator``, ``distributor``, ``worker``, ``beat``, ``flower`` or ``gateway``."""
 
 
 def worker_service(
@@ -67,13 +67,18 @@ def default_topology(
     beat: bool = True,
     flower: bool = False,
     flower_port: int = 5555,
+    gateway: bool = False,
+    gateway_port: int = 8700,
 ) -> list[Service]:
-    """Coordinator (+ beat), distributors and workers (+ Flower), as compose declares them.
+    """Coordinator (+ beat), distributors and workers (+ Flower, + the A2A gateway), as
+    compose declares them.
 
     Flower's address and port come from its environment (``FLOWER_ADDRESS``,
     ``FLOWER_PORT``), so its command is the same locally (127.0.0.1) and in compose
     (0.0.0.0); its authentication from ``AGENTS_FLOWER_BASIC_AUTH`` (see
-    :mod:`project.core.celery_app.flower`).
+    :mod:`project.core.celery_app.flower`). The gateway's likewise come from
+    ``AGENTS_GATEWAY_HOST``/``AGENTS_GATEWAY_PORT``, its callers from
+    ``AGENTS_GATEWAY_TOKENS``.
     """
     services = [
         Service(
@@ -102,6 +107,15 @@ def default_topology(
                 ("celery", "-A", "project", "flower"),
                 env={"FLOWER_ADDRESS": "127.0.0.1", "FLOWER_PORT": str(flower_port)},
                 tier="flower",
+            )
+        )
+    if gateway:
+        services.append(
+            Service(
+                "gateway",
+                ("python", "-m", "project", "gateway"),
+                env={"AGENTS_GATEWAY_HOST": "127.0.0.1", "AGENTS_GATEWAY_PORT": str(gateway_port)},
+                tier="gateway",
             )
         )
     return services

@@ -36,6 +36,7 @@ class UpOptions:
     distributors: int = 2
     concurrency: int = 2
     flower_port: int = 5555
+    gateway_port: int = 8700
     metrics_port: int | None = None
     """Base port: the n-th agent process serves ``/metrics`` on ``metrics_port + n``."""
     workdir: Path | None = None
@@ -46,15 +47,20 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _wait_for_flower(port: int, timeout_s: float) -> bool:
+def _answers(url: str, timeout_s: float) -> bool:
+    """True once ``url`` answers 2xx (before ``timeout_s``)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck", timeout=2):
+            with urllib.request.urlopen(url, timeout=2):
                 return True
         except (urllib.error.URLError, OSError):
             time.sleep(0.3)
     return False
+
+
+def _wait_for_flower(port: int, timeout_s: float) -> bool:
+    return _answers(f"http://127.0.0.1:{port}/healthcheck", timeout_s)
 
 
 def _services(options: UpOptions) -> list[Service]:
@@ -65,6 +71,8 @@ def _services(options: UpOptions) -> list[Service]:
         beat=True,
         flower=True,
         flower_port=options.flower_port,
+        gateway=True,
+        gateway_port=options.gateway_port,
     )
     return services
 
@@ -75,6 +83,8 @@ def run_up(options: UpOptions, console: Console | None = None) -> int:
     root = options.workdir or Path(tempfile.mkdtemp(prefix="agents-up-"))
     root.mkdir(parents=True, exist_ok=True)
     keys = os.environ.get("AGENTS_A2A_KEYS") or f"up-{secrets.token_hex(4)}:{secrets.token_hex(32)}"
+    given_tokens = os.environ.get("AGENTS_GATEWAY_TOKENS")
+    gateway_tokens = given_tokens or f"operator:{secrets.token_urlsafe(24)}"
     given_auth = os.environ.get("AGENTS_FLOWER_BASIC_AUTH")
     flower_auth = given_auth or f"admin:{secrets.token_urlsafe(12)}"
     # Ctrl-C and SIGTERM both stop cleanly, even when started in the background
@@ -89,6 +99,7 @@ def run_up(options: UpOptions, console: Console | None = None) -> int:
             AGENTS_REDIS_URL=server.url,
             AGENTS_A2A_KEYS=keys,
             AGENTS_FLOWER_BASIC_AUTH=flower_auth,
+            AGENTS_GATEWAY_TOKENS=gateway_tokens,
         )
         if options.metrics_port is not None:
             env["AGENTS_METRICS_PORT"] = str(options.metrics_port)
@@ -105,7 +116,19 @@ def run_up(options: UpOptions, console: Console | None = None) -> int:
                 f"Flower did not answer on port {options.flower_port}; "
                 f"see {deployment.log_dir}/flower.log"
             )
+        if not _answers(f"http://127.0.0.1:{options.gateway_port}/healthz", timeout_s=30):
+            raise ConfigurationError(
+                f"the A2A gateway did not answer on port {options.gateway_port}; "
+                f"see {deployment.log_dir}/gateway.log"
+            )
         _print_ready(console, deployment, server, options, flower_auth, shown=not given_auth)
+        caller, _, token = gateway_tokens.split(",")[0].partition(":")
+        shown_token = token if not given_tokens else "<from AGENTS_GATEWAY_TOKENS>"
+        console.print(
+            f"A2A:     http://127.0.0.1:{options.gateway_port}/  (caller {caller}, "
+            f"bearer token {shown_token}; card at /.well-known/agent-card.json)",
+            highlight=False,
+        )
         (root / "env").write_text(f"export AGENTS_REDIS_URL={server.url}\n")
         reported: set[str] = set()
         while True:

@@ -31,6 +31,7 @@ def _alive(pid: int) -> bool:
 
 def test_up_runs_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     flower_port = free_port()
+    gateway_port = free_port()
     out_path = tmp_path / "up.out"
     env = {**os.environ, "COLUMNS": "200"}
     env.pop("AGENTS_FLOWER_BASIC_AUTH", None)
@@ -49,6 +50,8 @@ def test_up_runs_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
                 "1",
                 "--flower-port",
                 str(flower_port),
+                "--gateway-port",
+                str(gateway_port),
                 "--workdir",
                 str(tmp_path / "run"),
             ],
@@ -67,12 +70,28 @@ def test_up_runs_everything_and_ctrl_c_stops_it(tmp_path: Path) -> None:
             pids = {
                 name: int(pid) for name, pid in re.findall(r"│ (\S+)\s+│ \S+\s+│\s+(\d+) │", text)
             }
-            assert set(pids) == {"coordinator", "beat", "distributor1", "w1", "flower"}
+            assert set(pids) == {"coordinator", "beat", "distributor1", "w1", "flower", "gateway"}
             assert all(_alive(pid) for pid in pids.values())
             # Flower is up and refuses anonymous callers.
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(f"http://127.0.0.1:{flower_port}/api/workers", timeout=10)
             assert refused.value.code == 401
+            # The A2A gateway serves its card openly, and refuses calls without the token.
+            card_url = f"http://127.0.0.1:{gateway_port}/.well-known/agent-card.json"
+            with urllib.request.urlopen(card_url, timeout=10) as card:
+                assert b"supportedInterfaces" in card.read()
+            call = urllib.request.Request(
+                f"http://127.0.0.1:{gateway_port}/",
+                data=b'{"jsonrpc": "2.0", "id": 1, "method": "ListTasks", "params": {}}',
+                headers={"Content-Type": "application/json", "A2A-Version": "1.0"},
+            )
+            with pytest.raises(urllib.error.HTTPError) as no_token:
+                urllib.request.urlopen(call, timeout=10)
+            assert no_token.value.code == 401
+            (token,) = re.findall(r"bearer token (\S+);", text)
+            call.add_header("Authorization", f"Bearer {token}")
+            with urllib.request.urlopen(call, timeout=10) as listed:
+                assert b'"result"' in listed.read()
             (redis_url,) = re.findall(r"export AGENTS_REDIS_URL=(\S+)", text)
 
             process.send_signal(signal.SIGINT)  # what Ctrl-C does

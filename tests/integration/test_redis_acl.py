@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from redis import Redis
 from redis.exceptions import NoPermissionError
@@ -22,7 +23,8 @@ from project.local.topology import default_topology
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 ACL_TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "redis" / "users.acl"
-USERS = ("admin", "coordinator", "distributor", "worker", "beat", "flower")
+USERS = ("admin", "coordinator", "distributor", "worker", "beat", "flower", "gateway")
+GATEWAY_TOKEN = "acl-test-token-0123456789"
 
 
 def major_version(client: Redis) -> int:
@@ -95,16 +97,25 @@ def test_every_tier_works_with_its_own_acl_user(
     def url(user: str) -> str:
         return f"redis://{user}:{passwords[user]}@127.0.0.1:{port}/0"
 
+    gateway_port = free_port()
     services = [
         dataclasses.replace(
             s, env={**s.env, "AGENTS_REDIS_URL": url(s.tier), "FLOWER_PORT": str(free_port())}
         )
-        for s in default_topology(workers=("w1", "w2"), distributors=1, beat=True, flower=True)
+        for s in default_topology(
+            workers=("w1", "w2"),
+            distributors=1,
+            beat=True,
+            flower=True,
+            gateway=True,
+            gateway_port=gateway_port,
+        )
     ]
     env = child_env(
         AGENTS_REDIS_URL=url("admin"),  # only for wait_ready in this process
         AGENTS_FLOWER_BASIC_AUTH="ops:" + "p" * 20,
         AGENTS_STUCK_JOB_AFTER_S="3",
+        AGENTS_GATEWAY_TOKENS=f"ops:{GATEWAY_TOKEN}",
     )
     admin = Redis.from_url(url("admin"), decode_responses=True)
     deployment = LocalDeployment(services, env=env, log_dir=tmp_path / "logs", workdir=tmp_path)
@@ -134,6 +145,8 @@ def test_every_tier_works_with_its_own_acl_user(
             assert done.stdout.strip() == "ok", done.stderr[-3000:]
 
         run_jobs(12)
+        # An A2A client through the gateway, with the gateway's own user.
+        assert gateway_send(gateway_port, {"echo": "through the gateway"}) == "COMPLETED"
         deployment.kill("w2")  # the health check marks it dead and drains its queue
         deadline = time.monotonic() + 30
         while "w2" not in admin.smembers("agents:dead"):
@@ -145,6 +158,38 @@ def test_every_tier_works_with_its_own_acl_user(
         deployment.stop()
         admin.close()
     assert denied == [], denied
+
+
+def gateway_send(port: int, payload: dict[str, object]) -> str:
+    """A blocking JSON-RPC SendMessage of a ``generic`` job; the task's final state."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "SendMessage",
+        "params": {
+            "message": {
+                "messageId": "acl-1",
+                "role": "ROLE_USER",
+                "parts": [{"data": payload}],
+                "metadata": {"skill": "generic"},
+            }
+        },
+    }
+    headers = {"Authorization": f"Bearer {GATEWAY_TOKEN}", "A2A-Version": "1.0"}
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            response = httpx.post(
+                f"http://127.0.0.1:{port}/", json=body, headers=headers, timeout=30
+            )
+            break
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, "the gateway did not answer"
+            time.sleep(0.5)
+    answer = response.json()
+    assert "result" in answer, answer
+    state: str = answer["result"]["task"]["status"]["state"]
+    return state.removeprefix("TASK_STATE_")
 
 
 def test_tier_users_cannot_run_dangerous_commands_or_touch_others_keys(
