@@ -18,6 +18,7 @@ from project.client import (
     offered_skills,
     resume_job,
     submit_many,
+    submit_signed,
 )
 from project.coordinator.tasks import submit_task
 from project.core.celery_app import app
@@ -74,5 +75,6 @@ __all__ = [
     "offered_skills",
     "resume_job",
     "submit_many",
+    "submit_signed",
     "submit_task",
 ]

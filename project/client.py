@@ -11,9 +11,12 @@ from celery import Celery
 from celery.result import AsyncResult
 from celery.utils import uuid
 
+from project.coordinator.tasks import submit_task
 from project.core import control
 from project.core.celery_app import app
+from project.core.constants import COORDINATOR
 from project.core.control import CancelOutcome, JobView
+from project.core.messages import SubmitRequest
 from project.core.models import Skill
 from project.core.runtime import get_runtime
 from project.core.state.joblog import JobLogEvent
@@ -52,17 +55,54 @@ def get_job(job_id: str) -> JobView:
     return control.view(get_runtime(), job_id)
 
 
-def resume_job(job_id: str, value: Any, *, a2a_message: dict[str, Any] | None = None) -> JobView:
+def resume_job(
+    job_id: str,
+    value: Any,
+    *,
+    a2a_message: dict[str, Any] | None = None,
+    sender: str | None = None,
+) -> JobView:
     """Answer an agent waiting for input; it continues on any eligible worker.
 
     ``value`` answers every pending interrupt, or, as ``{interrupt id: answer}``, each
-    its own.
+    its own. An agent that holds the A2A keys (the gateway) passes ``sender``: the answer
+    then travels in envelopes signed by it.
 
     Raises:
         JobNotWaitingError: the job is not waiting for input.
         JobNotFoundError: no such job.
     """
-    return control.resume(get_runtime(), job_id, value, a2a_message=a2a_message)
+    return control.resume(get_runtime(), job_id, value, a2a_message=a2a_message, sender=sender)
+
+
+def submit_signed(
+    task_type: str,
+    payload: dict[str, Any],
+    *,
+    sender: str,
+    task_id: str | None = None,
+    **options: Any,
+) -> AsyncResult:
+    """Submit a job as an agent that holds the A2A keys (the gateway does): the submit is
+    a REQUEST envelope signed by ``sender``, which the coordinator verifies before it takes
+    the job in, so the job is signed from its first hop. ``options`` are ``submit_task``'s.
+
+    Raises:
+        ConfigurationError: this process has no A2A keys to sign with.
+        WriteRefusedError: Redis refused to record the submit.
+    """
+    job_id = task_id or uuid()
+    spec = {"task_type": task_type, "payload": payload, **options}
+    envelope = get_runtime().signer.request(
+        sender=sender,
+        recipient=COORDINATOR,
+        payload=SubmitRequest(job_id=job_id, job=spec).model_dump(mode="json"),
+        request_id=job_id,
+    )
+    result: AsyncResult = submit_task.apply_async(
+        kwargs={"envelope": envelope.to_wire()}, task_id=job_id
+    )
+    return result
 
 
 def cancel_job(job_id: str) -> CancelOutcome:

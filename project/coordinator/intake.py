@@ -15,11 +15,24 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from project.core.a2a.envelope import Envelope, now_ms
+from project.core.a2a.envelope import Envelope, MessageType, now_ms
 from project.core.celery_app import app
-from project.core.constants import COORDINATOR, DISTRIBUTOR, TASK_ASSIGN
-from project.core.errors import InvalidJobError, UnknownTaskTypeError, describe_validation_error
-from project.core.messages import DispatchReason, DispatchRequest, JobContext
+from project.core.constants import COORDINATOR, DISTRIBUTOR, KEY_INTENTS, TASK_ASSIGN
+from project.core.errors import (
+    InvalidJobError,
+    LapsedEnvelopeError,
+    MisdirectedEnvelopeError,
+    UnknownTaskTypeError,
+    describe_validation_error,
+)
+from project.core.hops import lapsed_envelope
+from project.core.messages import (
+    DispatchReason,
+    DispatchRequest,
+    JobContext,
+    ResumeRequest,
+    SubmitRequest,
+)
 from project.core.models import JobSpec, JobStatus
 from project.core.runtime import Runtime
 
@@ -33,7 +46,9 @@ class Intake(StrEnum):
     """A redelivered submit of a job that is past PENDING: nothing to do."""
 
 
-def take_in(rt: Runtime, raw_spec: Mapping[str, Any], job_id: str) -> Intake:
+def take_in(
+    rt: Runtime, raw_spec: Mapping[str, Any], job_id: str, *, parent: Envelope | None = None
+) -> Intake:
     """Validate a submitted job, record it PENDING and send it to the distributor tier.
 
     Raises:
@@ -59,22 +74,60 @@ def take_in(rt: Runtime, raw_spec: Mapping[str, Any], job_id: str) -> Intake:
         reason=DispatchReason.NEW,
         context=JobContext.of(None, spec.a2a_message, spec.owner),
     )
-    send_to_distributor(rt, request)
+    send_to_distributor(rt, request, parent=parent)
     rt.local_state.record({"job_id": job_id, "event": "submitted", "task_type": spec.task_type})
     return Intake.SENT
 
 
-def send_resumed(rt: Runtime, job_id: str) -> bool:
+def signed_submit(rt: Runtime, raw: Any, job_id: str) -> tuple[dict[str, Any], Envelope]:
+    """The job spec of a signed submit (an agent's, e.g. the gateway's) for ``job_id``.
+
+    An authentic submit that expired in the coordinator's queue (a backlog) is still
+    taken if its sender recorded the submit's intent and no record exists yet.
+
+    Raises:
+        A2AError: the envelope is refused, or (MisdirectedEnvelopeError) it is for
+            another job id than the task's.
+    """
+    try:
+        envelope = rt.receive(raw, expected=MessageType.REQUEST, recipient=COORDINATOR)
+    except LapsedEnvelopeError as lapsed:
+        envelope = lapsed_envelope(lapsed)
+        if not rt.redis.hexists(KEY_INTENTS, job_id):
+            raise
+    request: SubmitRequest = SubmitRequest.from_payload(envelope.payload)
+    if request.job_id != job_id:
+        raise MisdirectedEnvelopeError(
+            f"a signed submit for job {request.job_id} arrived as job {job_id}"
+        )
+    return dict(request.job), envelope
+
+
+def send_resumed(rt: Runtime, job_id: str, signed: Any = None) -> bool:
     """Send a resumed job (PENDING, with the answer in its record) to the distributor.
 
+    With ``signed`` (an agent's signed ResumeRequest), the answer it carries must be the
+    one recorded, and it is the answer that travels on.
+
     Returns False if the job is no longer waiting to be sent (sent already, or final).
+
+    Raises:
+        A2AError: the signed request is refused, or does not match the record.
     """
+    parent: Envelope | None = None
+    answer: dict[str, Any] | None = None
+    if signed is not None:
+        parent = rt.receive(signed, expected=MessageType.REQUEST, recipient=COORDINATOR)
+        resume: ResumeRequest = ResumeRequest.from_payload(parent.payload)
+        job_id, answer = resume.job_id, dict(resume.answer)
     record = rt.jobs.get(job_id)
     if record is None or record.status is not JobStatus.PENDING or record.resume is None:
         return False
+    if answer is not None and answer != record.resume:
+        raise MisdirectedEnvelopeError(f"a signed resume of job {job_id} differs from its record")
     deadline_ms = now_ms() + int(rt.settings.assign_deadline_s * 1000)
     request = DispatchRequest.for_record(record, DispatchReason.RESUME, deadline_ms=deadline_ms)
-    send_to_distributor(rt, request)
+    send_to_distributor(rt, request, parent=parent)
     rt.local_state.record({"job_id": job_id, "event": "resumed", "epoch": record.epoch})
     return True
 

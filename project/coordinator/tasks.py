@@ -8,10 +8,10 @@ from typing import Any
 from celery.exceptions import Ignore
 from celery.utils import uuid
 
-from project.coordinator.intake import send_resumed, take_in
+from project.coordinator.intake import send_resumed, signed_submit, take_in
 from project.core.celery_app import app
 from project.core.constants import TASK_HEALTH_CHECK, TASK_RESUME, TASK_SUBMIT
-from project.core.errors import JobError
+from project.core.errors import A2AError, JobError
 from project.core.hops import Hop, timed_hop
 from project.core.models import Priority
 from project.core.runtime import get_runtime
@@ -58,18 +58,19 @@ class SubmitTask(app.Task):  # type: ignore[misc]
     bind=True,
     base=SubmitTask,
     store_errors_even_if_ignored=True,
-    throws=(JobError,),
+    throws=(JobError, A2AError),
 )
 def submit_task(
     self: Any,
-    task_type: str,
-    payload: dict[str, Any],
+    task_type: str | None = None,
+    payload: dict[str, Any] | None = None,
     priority: str = Priority.NORMAL.value,
     requirements: dict[str, Any] | None = None,
     deadline_s: float | None = None,
     input_timeout_s: float | None = None,
     a2a_message: dict[str, Any] | None = None,
     owner: str | None = None,
+    envelope: dict[str, Any] | None = None,
 ) -> None:
     """Submit a job. The returned AsyncResult's ``.get()`` gives the worker's result.
 
@@ -83,13 +84,15 @@ def submit_task(
         input_timeout_s: how long an agent may wait for input (``input_required``).
         a2a_message: the A2A message that started the job (the gateway's), JSON form.
         owner: who submits it (``list_jobs(owner)`` finds it).
+        envelope: instead of the arguments above, an agent's signed SubmitRequest
+            (``project.submit_signed``: the gateway's submits).
 
     Raises (from ``.get()``): UnknownTaskTypeError, InvalidJobError,
     InvalidPayloadError, HandlerError, NoEligibleWorkerError, JobAbandonedError,
     JobCanceledError, InputTimeoutError, JobTimeLimitError, JobRejectedError.
     """
     rt = get_runtime()
-    spec = {
+    spec: dict[str, Any] = {
         "task_type": task_type,
         "payload": payload,
         "priority": priority,
@@ -101,8 +104,11 @@ def submit_task(
     }
     try:
         with timed_hop(rt, Hop.SUBMIT, TASK_SUBMIT):
-            take_in(rt, spec, self.request.id)
-    except JobError:
+            parent = None
+            if envelope is not None:
+                spec, parent = signed_submit(rt, envelope, self.request.id)
+            take_in(rt, spec, self.request.id, parent=parent)
+    except (JobError, A2AError):
         rt.jobs.forget_intent(self.request.id)  # answered: the error is the result
         raise
     # The result is stored under this task's id by the distributor, later. Our
@@ -112,10 +118,13 @@ def submit_task(
         raise Ignore()
 
 
-@app.task(name=TASK_RESUME, ignore_result=True)
-def resume(job_id: str) -> bool:
-    """Send a resumed agent's job (``resume_job``) on to the distributor, signed."""
-    return send_resumed(get_runtime(), job_id)
+@app.task(name=TASK_RESUME, ignore_result=True, throws=(A2AError,))
+def resume(job_id: str, envelope: dict[str, Any] | None = None) -> bool:
+    """Send a resumed agent's job (``resume_job``) on to the distributor, signed; with
+    ``envelope``, an agent's signed ResumeRequest for it (the gateway's)."""
+    rt = get_runtime()
+    with timed_hop(rt, Hop.RESUME, TASK_RESUME):
+        return send_resumed(rt, job_id, envelope)
 
 
 @app.task(name=TASK_HEALTH_CHECK, ignore_result=True)

@@ -34,6 +34,7 @@ TASK_RESUME: Final = "project.coordinator.resume"
 COORDINATOR: Final = Tier.COORDINATOR.value
 DISTRIBUTOR: Final = Tier.DISTRIBUTOR.value
 APP: Final = "app"
+GATEWAY: Final = "gateway"
 
 # Redis keys. Everything this system writes lives under these prefixes.
 KEY_JOB: Final = "job:"  # job:{id} -> hash (the job record, its causal chain in link:* fields)

@@ -156,8 +156,13 @@ def resume(
     *,
     a2a_message: dict[str, JsonValue] | None = None,
     celery_app: Celery = app,
+    sender: str | None = None,
 ) -> JobView:
     """Answer a parked agent and send it on to a worker.
+
+    With ``sender`` (an agent holding the A2A keys, e.g. the gateway), the request to send
+    it on is a signed ResumeRequest carrying the answer, so the answer travels signed from
+    the sender to the worker; without, the coordinator takes the answer from the record.
 
     ``value`` answers every pending interrupt, unless it is a mapping whose keys are all
     pending interrupt ids: then each answers its own (interrupts left out stay pending,

@@ -24,12 +24,13 @@ log = logging.getLogger("project.hops")
 
 
 class Hop(StrEnum):
-    """The four hops of a job, in order; the value is ``<tier>.<task>``."""
+    """The four hops of a job, in order, and a resume's first; the value is ``<tier>.<task>``."""
 
     SUBMIT = "coordinator.submit"
     ASSIGN = "distributor.assign"
     EXECUTE = "worker.execute"
     COMPLETE = "distributor.complete"
+    RESUME = "coordinator.resume"
 
 
 @contextmanager

@@ -65,6 +65,23 @@ class JobContext(_Message):
         return cls(resume=resume, a2a_message=a2a_message, owner=owner)
 
 
+class SubmitRequest(_Message):
+    """agent (e.g. the gateway) -> coordinator: take this job in (a signed submit)."""
+
+    job_id: str
+    """Must be the submit task's id (the id the caller's AsyncResult holds)."""
+    job: dict[str, JsonValue]
+    """The job spec, as ``submit_task``'s keyword arguments (validated at intake)."""
+
+
+class ResumeRequest(_Message):
+    """agent (e.g. the gateway) -> coordinator: send on this job it answered (signed)."""
+
+    job_id: str
+    answer: dict[str, JsonValue]
+    """The answer by interrupt id, as ``resume_job`` recorded it."""
+
+
 class DispatchRequest(_Message):
     """coordinator -> distributor: route this job (REQUEST)."""
 

@@ -20,8 +20,8 @@ from typing import Any, Final, Protocol, TypeVar
 
 from celery.result import AsyncResult
 
-from project import app, cancel_job, offered_skills, resume_job, submit_task
-from project.core.constants import KEY_JOB, KEY_JOB_LOG
+from project import app, cancel_job, offered_skills, resume_job, submit_signed
+from project.core.constants import GATEWAY, KEY_JOB, KEY_JOB_LOG
 from project.core.models import Skill
 from project.core.runtime import get_runtime
 from project.core.state.joblog import JobLogEvent
@@ -142,18 +142,20 @@ class ProjectJobs:
         a2a_message: dict[str, Any],
         owner: str,
     ) -> None:
-        """See :meth:`Jobs.submit`."""
-        kwargs = {
-            "task_type": task_type,
-            "payload": payload,
-            "a2a_message": a2a_message,
-            "owner": owner,
-        }
-        await self._call(submit_task.apply_async, kwargs=kwargs, task_id=job_id)
+        """See :meth:`Jobs.submit`. Signed by the gateway (``submit_signed``)."""
+        await self._call(
+            submit_signed,
+            task_type,
+            payload,
+            sender=GATEWAY,
+            task_id=job_id,
+            a2a_message=a2a_message,
+            owner=owner,
+        )
 
     async def resume(self, job_id: str, value: Any, *, a2a_message: dict[str, Any]) -> None:
-        """See :meth:`Jobs.resume`."""
-        await self._call(resume_job, job_id, value, a2a_message=a2a_message)
+        """See :meth:`Jobs.resume`. Signed by the gateway."""
+        await self._call(resume_job, job_id, value, a2a_message=a2a_message, sender=GATEWAY)
 
     async def cancel(self, job_id: str) -> CancelResult:
         """See :meth:`Jobs.cancel`."""

@@ -4,12 +4,14 @@ official ``a2a-sdk`` client and by raw HTTP (test skills in tests/integration/tc
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
+import redis
 from a2a.types.a2a_pb2 import (
     CancelTaskRequest,
     GetTaskRequest,
@@ -22,6 +24,7 @@ from conftest import redis_url
 from support.deployments import deployment_on
 
 from project.core.state.connections import connect_redis
+from project.core.state.jobs import JobStore
 from project.gateway.mapping import from_value
 from project.local.deployment import LocalDeployment
 from tests.gateway.a2a_client import a2a_client, send, send_request, user_message
@@ -123,6 +126,50 @@ def test_blocking_send(gateways: Gateways, binding: str) -> None:
             assert from_value(task.artifacts[0].parts[0].data) == {"operation": "sum", "result": 6}
 
     run(go())
+
+
+def test_the_gateway_signs_what_it_sends_and_tokens_never_reach_the_tiers(
+    gateways: Gateways,
+) -> None:
+    async def go() -> str:
+        async with a2a_client(gateways.one.url, ALICE, streaming=False) as client:
+            message = user_message(data={"operation": "max", "values": [4, 9]}, skill="compute")
+            [response] = await send(client, message)
+            assert response.task.status.state == S.TASK_STATE_COMPLETED
+            return str(response.task.id)
+
+    task_id = run(go())
+    redis = connect_redis(redis_url(DB))
+    store = JobStore(redis, result_ttl_s=60)
+    record = store.get(task_id)
+    assert record is not None and record.owner == "alice"
+    # The coordinator's REQUEST continues the chain the gateway's signed submit began.
+    first = store.chain(task_id)[0]
+    assert first["sender"].startswith("coordinator") and first["parent_request_id"] is not None
+    # No token, nor any token's hash, anywhere the tiers can read.
+    secrets = [ALICE, BOB, hashlib.sha256(ALICE.encode()).hexdigest()]
+    raw = redis_bytes(DB)
+    for key in raw.scan_iter(count=1000):
+        kind = raw.type(key)
+        if kind == b"string":
+            values = [raw.get(key) or b""]
+        elif kind == b"hash":
+            values = [*raw.hgetall(key).values()]
+        elif kind == b"stream":
+            values = [v for _, fields in raw.xrange(key) for v in fields.values()]
+        elif kind == b"list":
+            values = raw.lrange(key, 0, -1)
+        else:
+            values = (
+                [m for m, _ in raw.zrange(key, 0, -1, withscores=True)] if kind == b"zset" else []
+            )
+        for value in values:
+            assert not any(s.encode() in value for s in secrets), key
+
+
+def redis_bytes(db: int) -> Any:
+    """A client on database ``db`` that returns bytes (checkpoints are binary)."""
+    return redis.Redis.from_url(redis_url(db))
 
 
 def test_a_handler_sees_the_a2a_message(gateways: Gateways) -> None:

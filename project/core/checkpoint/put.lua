@@ -56,11 +56,17 @@ end
 
 local members = redis.call('ZRANGEBYLEX', index_key, low, high) -- oldest first
 local dropped = count - keep_last
+-- The blob fields every checkpoint references, in one HMGET (members are few: keep_last + 1
+-- on a put, more only after keep_last was lowered).
+local packs = {}
+for first = 1, count, CHUNK do
+  local part = redis.call('HMGET', refs_key, unpack(members, first, math.min(first + CHUNK - 1, count)))
+  for _, packed in ipairs(part) do packs[#packs + 1] = packed end
+end
 local still_used = {}
 for i = dropped + 1, count do
-  local packed = redis.call('HGET', refs_key, members[i])
-  if packed then
-    for _, field in ipairs(cmsgpack.unpack(packed)) do
+  if packs[i] then
+    for _, field in ipairs(cmsgpack.unpack(packs[i])) do
       still_used[field] = true
     end
   end
@@ -68,9 +74,8 @@ end
 
 local unused_blobs = {}
 for i = 1, dropped do
-  local packed = redis.call('HGET', refs_key, members[i])
-  if packed then
-    for _, field in ipairs(cmsgpack.unpack(packed)) do
+  if packs[i] then
+    for _, field in ipairs(cmsgpack.unpack(packs[i])) do
       if not still_used[field] then
         still_used[field] = true -- queue each field once
         unused_blobs[#unused_blobs + 1] = field
