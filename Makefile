@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lint typecheck test test-redis62 test-fast demo up env-example flower-screenshot chaos bench clean
+.PHONY: install lint typecheck test test-redis62 test-fast demo up env-example flower-screenshot chaos bench bench-agents bench-gateway clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,12 @@ chaos: $(STAMP)  ## fault-injection run with figures
 
 bench: $(STAMP)  ## ours against bare Celery (BENCH_ARGS=--full adds scaling and the leak check)
 	$(BIN)/python -m tools.bench $(BENCH_ARGS)
+
+bench-agents: $(STAMP)  ## an agent's cost per step, event-log latency, recovery after a SIGKILL
+	$(BIN)/python -m tools.bench.agents
+
+bench-gateway: $(STAMP)  ## what the A2A gateway adds to a job, and requests/s it sustains
+	$(BIN)/python -m tools.bench.gateway
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -95,9 +95,10 @@ def _run(
     rt: Runtime, order: WorkOrder, entry: Handler, payload: Any, graph: Any, config: Any
 ) -> AgentOutcome:
     state = graph.get_state(config)
-    if state.values and not state.next and not state.interrupts:
-        return _final(entry, state.values)
-    graph_input = _start_input(order, state, payload)
+    started = state.created_at is not None  # the thread has a checkpoint
+    if started and not state.next and not state.interrupts:
+        return _final(entry, state.values)  # it ended; its worker died before reporting
+    graph_input = _start_input(order, state) if started else payload.model_dump(mode="json")
     retries = 0
     while True:
         try:
@@ -129,9 +130,9 @@ def _run(
     return _final(entry, state.values)
 
 
-def _start_input(order: WorkOrder, state: Any, payload: Any) -> Any:
-    if not state.values and not state.next:
-        return payload.model_dump(mode="json")
+def _start_input(order: WorkOrder, state: Any) -> Any:
+    """Where a started thread goes on: the answers to its own pending interrupts, or
+    (None) on from its last checkpoint."""
     answers = (order.context.resume if order.context else None) or {}
     matched = {i.id: answers[i.id] for i in state.interrupts if i.id in answers}
     return Command(resume=matched) if matched else None

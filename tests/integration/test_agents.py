@@ -229,6 +229,12 @@ def test_a_run_over_its_time_limit_fails_typed(agents: Agents) -> None:
     result = agents.submit("slow", {"sleep_s": 20})
     with pytest.raises(JobTimeLimitError, match=r"time limit of 1\.0s"):
         result.get(timeout=30)
+    record = agents.jobs.get(result.id)
+    assert record is not None and record.status is JobStatus.FAILED
+    # Its slot is free: both of that worker's slots take new jobs at once.
+    on_it = {"worker_ids": [record.assignee]}
+    after = [agents.submit("generic", {"echo": n}, requirements=on_it) for n in (1, 2)]
+    assert [job.get(timeout=10) for job in after] == [{"result": 1}, {"result": 2}]
 
 
 # --- durability -------------------------------------------------------------------
