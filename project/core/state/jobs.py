@@ -181,7 +181,7 @@ class JobStore:
             "payload": _dumps(spec.payload),
             "requirements": spec.requirements.model_dump_json(),
         }
-        args: list[Any] = [job_id, now, CHANNEL_JOBS, self._log_cap]
+        args: list[Any] = [job_id, now, CHANNEL_JOBS, self._log_cap, self._result_ttl_s]
         for name, value in fields.items():
             args += [name, value]
         keys = [
