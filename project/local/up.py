@@ -121,13 +121,14 @@ def run_up(options: UpOptions, console: Console | None = None) -> int:
                 f"the A2A gateway did not answer on port {options.gateway_port}; "
                 f"see {deployment.log_dir}/gateway.log"
             )
-        _print_ready(console, deployment, server, options, flower_auth, shown=not given_auth)
         caller, _, token = gateway_tokens.split(",")[0].partition(":")
         shown_token = token if not given_tokens else "<from AGENTS_GATEWAY_TOKENS>"
-        console.print(
+        gateway_line = (
             f"A2A:     http://127.0.0.1:{options.gateway_port}/  (caller {caller}, "
-            f"bearer token {shown_token}; card at /.well-known/agent-card.json)",
-            highlight=False,
+            f"bearer token {shown_token}; card at /.well-known/agent-card.json)"
+        )
+        _print_ready(
+            console, deployment, server, options, flower_auth, gateway_line, shown=not given_auth
         )
         (root / "env").write_text(f"export AGENTS_REDIS_URL={server.url}\n")
         reported: set[str] = set()
@@ -158,6 +159,7 @@ def _print_ready(
     server: EmbeddedRedis,
     options: UpOptions,
     flower_auth: str,
+    gateway_line: str,
     *,
     shown: bool,
 ) -> None:
@@ -175,6 +177,7 @@ def _print_ready(
     console.print(
         f"Flower:  http://127.0.0.1:{options.flower_port}/  (user {user}, password {secret})"
     )
+    console.print(gateway_line, highlight=False)
     if options.metrics_port is not None:
         console.print(f"Metrics: http://127.0.0.1:{options.metrics_port}/metrics (+1 per agent)")
     console.print("Use it from another shell:")
