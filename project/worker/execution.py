@@ -24,6 +24,7 @@ from pydantic import BaseModel, JsonValue, ValidationError
 from project.core.a2a.envelope import Envelope, MessageType, now_ms
 from project.core.constants import DISTRIBUTOR
 from project.core.errors import (
+    A2AError,
     HandlerError,
     InvalidPayloadError,
     JobAbandonedError,
@@ -194,6 +195,24 @@ def call_handler(
             time.sleep(policy.delay_s(retries))
             retries += 1
             on_retry()
+
+
+def time_limit_report(rt: Runtime, raw: Any) -> dict[str, Any] | None:
+    """The signed RESPONSE for a work order whose run was killed at its hard time limit
+    (FAILED, JobTimeLimitError), or None if the order is not one of ours."""
+    try:
+        envelope = rt.receive(
+            raw, expected=MessageType.REQUEST, recipient=rt.identity.worker_id or ""
+        )
+        order: WorkOrder = WorkOrder.from_payload(envelope.payload)
+    except A2AError:
+        return None
+    error = JobTimeLimitError(
+        f"{order.task_type} ran over its time limit and ignored it; its run was stopped"
+    )
+    log.warning("run killed at its hard time limit", extra={"job_id": order.job_id})
+    report = _report(rt, order, JobStatus.FAILED, None, error_to_dict(error), 0.0)
+    return answer(rt, envelope, report)
 
 
 def abandon(rt: Runtime, order: WorkOrder) -> WorkReport:

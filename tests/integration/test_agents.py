@@ -237,6 +237,20 @@ def test_a_run_over_its_time_limit_fails_typed(agents: Agents) -> None:
     assert [job.get(timeout=10) for job in after] == [{"result": 1}, {"result": 2}]
 
 
+def test_a_run_that_ignores_its_soft_time_limit_is_stopped_and_fails_typed(
+    agents: Agents,
+) -> None:
+    result = agents.submit("stubborn", {"sleep_s": 60})
+    with pytest.raises(JobTimeLimitError, match="ignored it; its run was stopped"):
+        result.get(timeout=40)  # the hard limit: 1 s + the 10 s grace
+    record = agents.jobs.get(result.id)
+    assert record is not None and record.status is JobStatus.FAILED and record.epoch == 1
+    on_it = {"worker_ids": [record.assignee]}
+    assert agents.submit("generic", {"echo": 3}, requirements=on_it).get(timeout=30) == {
+        "result": 3
+    }
+
+
 # --- durability -------------------------------------------------------------------
 
 

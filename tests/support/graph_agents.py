@@ -11,6 +11,7 @@ import time
 from typing import Any, TypedDict
 
 import redis
+from celery.exceptions import SoftTimeLimitExceeded
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
@@ -161,4 +162,15 @@ def slow(job: Sleep) -> dict[str, float]:
     """Sleeps; its time limit is one second."""
     count_step("slow")
     time.sleep(job.sleep_s)
+    return {"slept": job.sleep_s}
+
+
+@handler("stubborn", payload=Sleep, time_limit_s=1.0)
+def stubborn(job: Sleep) -> dict[str, float]:
+    """Ignores its soft time limit and sleeps on: the hard limit stops it."""
+    count_step("stubborn")
+    try:
+        time.sleep(job.sleep_s)
+    except SoftTimeLimitExceeded:
+        time.sleep(job.sleep_s)
     return {"slept": job.sleep_s}
