@@ -51,6 +51,9 @@ DEAD = "dead"
 _AGENT_STATE = {"registered": ALIVE, "readmitted": ALIVE, "dead": DEAD}
 _STATUSES = frozenset(s.value for s in JobStatus)
 _FINAL = frozenset(s.value for s in FINAL_STATUSES)
+_UNSIGNED_FINAL = frozenset({JobStatus.CANCELED.value, JobStatus.FAILED.value})
+"""Final statuses a job may reach without a worker's signed EVENT (a cancel, an input
+timeout): the view checks those against the job's record instead."""
 
 
 EventCheck = Callable[[str, str, object], bool]
@@ -67,6 +70,14 @@ def genuine_event_check(rt: Runtime) -> EventCheck:
 
     def check(job_id: str, status: str, raw: object) -> bool:
         try:
+            if (
+                not raw
+                and status in _UNSIGNED_FINAL
+                and rt.redis.hget(KEY_JOB + job_id, "status") == status
+            ):
+                # Ended outside the tiers' hops (cancel_job in an app, an input timeout):
+                # believed because the job's record says so.
+                return True
             if not isinstance(raw, str) or not raw:
                 raise MalformedEnvelopeError("final job announcement without a signed EVENT")
             try:

@@ -7,29 +7,67 @@ for input too long. Each state change is one Lua script on the job's record.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, ParamSpec, TypeVar
 
 from celery import Celery
 from pydantic import BaseModel, ConfigDict, JsonValue
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from project.core.a2a.envelope import now_ms
 from project.core.celery_app import app
-from project.core.constants import COORDINATOR_QUEUE, TASK_RESUME, execute_task_id
+from project.core.constants import COORDINATOR, COORDINATOR_QUEUE, TASK_RESUME, execute_task_id
 from project.core.errors import (
     InputTimeoutError,
     JobCanceledError,
     JobNotFoundError,
     JobNotWaitingError,
+    StoreUnavailableError,
+    WriteRefusedError,
 )
+from project.core.messages import ResumeRequest
 from project.core.models import JobRecord, JobStatus
 from project.core.runtime import Runtime
+from project.core.state.connections import write_refusal
 from project.core.state.joblog import JobLogEvent
 from project.core.state.jobs import FinishKind
 from project.core.state.results import error_to_dict, publish_final_result
 
 log = logging.getLogger("project.jobs")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _store_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Redis failures as this system's typed errors: StoreUnavailableError (unreachable)
+    and WriteRefusedError (full, read-only), never redis-py's own."""
+
+    @functools.wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        with store_errors():
+            return fn(*args, **kwargs)
+
+    return call
+
+
+@contextmanager
+def store_errors() -> Iterator[None]:
+    """Turn redis-py's errors into StoreUnavailableError / WriteRefusedError."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        raise StoreUnavailableError(f"Redis is unreachable: {exc}") from exc
+    except ResponseError as exc:
+        why = write_refusal(exc)
+        if why is None:
+            raise
+        raise WriteRefusedError(f"Redis refused the write: {why}") from exc
+
 
 __all__ = [
     "CancelOutcome",
@@ -120,6 +158,7 @@ class CancelOutcome(BaseModel):
     message: str
 
 
+@_store_errors
 def view(rt: Runtime, job_id: str) -> JobView:
     """The job's typed view.
 
@@ -132,6 +171,7 @@ def view(rt: Runtime, job_id: str) -> JobView:
     return JobView.of(record)
 
 
+@_store_errors
 def list_owned(
     rt: Runtime, owner: str, *, limit: int = 50, before_ms: int | None = None
 ) -> list[JobView]:
@@ -149,6 +189,7 @@ def list_owned(
     return found
 
 
+@_store_errors
 def resume(
     rt: Runtime,
     job_id: str,
@@ -191,10 +232,22 @@ def resume(
         )
     # Sent on by the coordinator, which signs it for the distributor; if this message
     # is lost, the job is PENDING and open, and the health check sends it on.
-    celery_app.send_task(TASK_RESUME, args=[job_id], queue=COORDINATOR_QUEUE, ignore_result=True)
+    kwargs: dict[str, Any] = {}
+    if sender is not None:
+        signed = rt.signer.request(
+            sender=sender,
+            recipient=COORDINATOR,
+            payload=ResumeRequest(job_id=job_id, answer=answers).model_dump(mode="json"),
+            request_id=job_id,
+        )
+        kwargs["envelope"] = signed.to_wire()
+    celery_app.send_task(
+        TASK_RESUME, args=[job_id], kwargs=kwargs, queue=COORDINATOR_QUEUE, ignore_result=True
+    )
     return view(rt, job_id)
 
 
+@_store_errors
 def cancel(rt: Runtime, job_id: str, *, celery_app: Celery = app) -> CancelOutcome:
     """End a job as canceled, wherever it is.
 
@@ -212,6 +265,10 @@ def cancel(rt: Runtime, job_id: str, *, celery_app: Celery = app) -> CancelOutco
         raise JobNotFoundError(f"no job {job_id!r} (never submitted, or expired)")
     if reply[0] == "final":
         status = JobStatus(reply[1])
+        if status is JobStatus.CANCELED:  # again, after a lost reply or a crash: publish again
+            record = rt.jobs.get(job_id)
+            if record is not None:
+                publish_final_result(celery_app.backend, job_id, status, None, record.error)
         return CancelOutcome(
             canceled=False,
             status=status,
@@ -231,30 +288,51 @@ def cancel(rt: Runtime, job_id: str, *, celery_app: Celery = app) -> CancelOutco
 def events(
     rt: Runtime, job_id: str, after: str | None = None, *, block_s: float | None = None
 ) -> Iterator[JobLogEvent]:
-    """The job's events after the cursor ``after``, as they come, until it is final."""
-    return rt.joblog.follow(job_id, after, block_s=block_s)
+    """The job's events after the cursor ``after``, as they come, until it is final.
+
+    Raises (while iterating):
+        StoreUnavailableError: Redis is unreachable; continue later from the last cursor.
+    """
+    with store_errors():
+        yield from rt.joblog.follow(job_id, after, block_s=block_s)
 
 
+@_store_errors
 def fail_waiting(rt: Runtime, *, celery_app: Celery = app) -> list[str]:
-    """Fail the parked agents whose input timeout has passed (InputTimeoutError)."""
+    """Fail the parked agents whose input timeout has passed (InputTimeoutError).
+
+    A job leaves ``jobs:waiting`` only once its result is published, so a crash in
+    between is repaired by the next sweep (which publishes the recorded result again).
+    """
     failed: list[str] = []
-    for job_id in rt.jobs.waiting_past(now_ms()):
+    seconds, micros = rt.redis.time()  # the clock the deadlines were set on
+    for job_id in rt.jobs.waiting_past(int(seconds) * 1000 + int(micros) // 1000):
         record = rt.jobs.get(job_id)
-        if record is None or record.status is not JobStatus.INPUT_REQUIRED:
-            continue
-        error = error_to_dict(
-            InputTimeoutError(
-                f"job {job_id} waited for input longer than {record.input_timeout_s}s"
+        if record is not None and record.status is JobStatus.INPUT_REQUIRED:
+            error = error_to_dict(
+                InputTimeoutError(
+                    f"job {job_id} waited for input longer than {record.input_timeout_s}s"
+                )
             )
-        )
-        outcome = rt.jobs.finish(
-            job_id,
-            epoch=record.epoch,
-            status=JobStatus.FAILED,
-            error=error,
-            only_from=JobStatus.INPUT_REQUIRED,
-        )
-        if outcome.kind is FinishKind.RECORDED:
-            publish_final_result(celery_app.backend, job_id, JobStatus.FAILED, None, error)
-            failed.append(job_id)
+            outcome = rt.jobs.finish(
+                job_id,
+                epoch=record.epoch,
+                status=JobStatus.FAILED,
+                error=error,
+                only_from=JobStatus.INPUT_REQUIRED,
+            )
+            if outcome.kind is FinishKind.RECORDED:
+                publish_final_result(celery_app.backend, job_id, JobStatus.FAILED, None, error)
+                failed.append(job_id)
+            elif outcome.kind is FinishKind.STALE:
+                continue  # resumed meanwhile: its resume took it out of jobs:waiting
+            elif outcome.kind is FinishKind.ALREADY:  # another sweep recorded it: publish too
+                publish_final_result(
+                    celery_app.backend, job_id, outcome.status, outcome.result, outcome.error
+                )
+        elif record is not None and record.status.is_final:
+            publish_final_result(
+                celery_app.backend, job_id, record.status, record.result, record.error
+            )
+        rt.jobs.stop_waiting(job_id)
     return failed

@@ -308,7 +308,10 @@ def finalize(
     if outcome.kind is FinishKind.RECORDED:
         publish_final_result(app.backend, job_id, status, result, error)
     elif outcome.kind is FinishKind.ALREADY and outcome.status == JobStatus.CANCELED:
+        # The run's result is discarded; the cancel's own result is published again
+        # (idempotent), in case the process that canceled died before it could.
         log.info("discarded the result of a canceled job", extra={"job_id": job_id})
+        publish_final_result(app.backend, job_id, outcome.status, None, outcome.error)
     elif outcome.kind is FinishKind.ALREADY:
         # A redelivery after a crash between recording and publishing: publish the
         # first recorded result again (idempotent), never the new one.

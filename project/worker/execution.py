@@ -133,15 +133,25 @@ def run_handler(rt: Runtime, order: WorkOrder) -> WorkReport | None:
                     return None
                 result, status, interrupts = outcome.result, outcome.status, outcome.interrupts
             else:
-                on_retry = functools.partial(rt.jobs.count_retry, order.job_id)
+                on_retry = functools.partial(rt.jobs.count_retry, order.job_id, order.epoch)
                 result = call_handler(order, entry, payload, on_retry=on_retry)
                 status = JobStatus.COMPLETED
     except JobError as error:
         result, status, failure = None, JobStatus.FAILED, error_to_dict(error)
+    except SoftTimeLimitExceeded:  # wherever the soft limit struck (a backoff, a read...)
+        limit = HANDLERS[order.task_type].time_limit_s if order.task_type in HANDLERS else None
+        late = JobTimeLimitError(f"{order.task_type} ran over its time limit of {limit}s")
+        result, status, failure = None, JobStatus.FAILED, error_to_dict(late)
+    except _Superseded:
+        return None
     finally:
         rt.local_state.status = AgentStatus.IDLE
     report = _report(rt, order, status, result, failure, time.perf_counter() - started)
     return report.model_copy(update={"interrupts": interrupts}) if interrupts else report
+
+
+class _Superseded(Exception):
+    """The job was canceled or re-routed while its run waited to retry: stop, say nothing."""
 
 
 def validated(order: WorkOrder) -> tuple[Handler, BaseModel]:
@@ -166,10 +176,10 @@ def call_handler(
     entry: Handler,
     payload: BaseModel,
     *,
-    on_retry: Callable[[], object] = lambda: None,
+    on_retry: Callable[[], bool] = lambda: True,
 ) -> Any:
     """The handler's result for the validated payload, with its retry policy
-    (``on_retry`` counts each retry).
+    (``on_retry`` counts each retry; False means the run is no longer the job's).
 
     Raises:
         JobTimeLimitError: the run went over the task type's time limit.
@@ -194,16 +204,20 @@ def call_handler(
                 ) from exc
             time.sleep(policy.delay_s(retries))
             retries += 1
-            on_retry()
+            if not on_retry():
+                raise _Superseded() from exc
 
 
 def time_limit_report(rt: Runtime, raw: Any) -> dict[str, Any] | None:
     """The signed RESPONSE for a work order whose run was killed at its hard time limit
     (FAILED, JobTimeLimitError), or None if the order is not one of ours."""
     try:
-        envelope = rt.receive(
-            raw, expected=MessageType.REQUEST, recipient=rt.identity.worker_id or ""
-        )
+        try:
+            envelope = rt.receive(
+                raw, expected=MessageType.REQUEST, recipient=rt.identity.worker_id or ""
+            )
+        except LapsedEnvelopeError as lapsed:  # it ran longer than an envelope lives
+            envelope = lapsed_envelope(lapsed)
         order: WorkOrder = WorkOrder.from_payload(envelope.payload)
     except A2AError:
         return None

@@ -33,7 +33,7 @@ from pydantic_core import to_jsonable_python
 
 from project.core.checkpoint import FENCE, CheckpointDecodeError, FencedWriteError, RedisSaver
 from project.core.constants import KEY_JOB
-from project.core.errors import HandlerError, JobError, JobTimeLimitError
+from project.core.errors import HandlerError, JobError, JobTimeLimitError, StoreUnavailableError
 from project.core.messages import WorkOrder
 from project.core.models import JobStatus
 from project.core.runtime import Runtime
@@ -89,6 +89,12 @@ def run_agent(rt: Runtime, order: WorkOrder, entry: Handler, payload: Any) -> Ag
     except CheckpointDecodeError as exc:
         log.error("refused a checkpoint", extra={"job_id": order.job_id, "error": str(exc)})
         raise HandlerError(f"the job's checkpoint was refused: {exc}") from None
+    except StoreUnavailableError:
+        # Redis is gone: nothing can be reported either. The job stays IN_PROGRESS at this
+        # epoch and the health check sends it on once Redis is back; its thread resumes
+        # from the last checkpoint that was stored.
+        log.warning("Redis unreachable mid-run: leaving the job", extra={"job_id": order.job_id})
+        return AgentOutcome(None)
 
 
 def _run(
@@ -121,8 +127,14 @@ def _run(
                 ) from exc
             time.sleep(policy.delay_s(retries))
             retries += 1
-            rt.jobs.count_retry(order.job_id)
-            graph_input = None  # from the last checkpoint: only the failed step runs again
+            if not rt.jobs.count_retry(order.job_id, order.epoch):
+                return AgentOutcome(None)  # canceled or re-routed meanwhile: no retry
+            # From the last checkpoint, so only the failed step runs again (or from the
+            # input, if the run failed before its first checkpoint was stored).
+            if graph.get_state(config).created_at is None:
+                graph_input = payload.model_dump(mode="json")
+            else:
+                graph_input = None
     state = graph.get_state(config)
     if state.interrupts:
         pending = [{"id": i.id, "value": jsonable(i.value)} for i in state.interrupts]
@@ -139,7 +151,10 @@ def _start_input(order: WorkOrder, state: Any) -> Any:
 
 
 def _stream(rt: Runtime, order: WorkOrder, graph: Any, graph_input: Any, config: Any) -> None:
-    for mode, chunk in graph.stream(graph_input, config, stream_mode=["updates", "custom"]):
+    # durability="sync": a step's checkpoint is stored before the next step starts, so a
+    # worker that dies re-runs at most the one step in flight.
+    stream = graph.stream(graph_input, config, stream_mode=["updates", "custom"], durability="sync")
+    for mode, chunk in stream:
         if mode == "updates" and "__interrupt__" in chunk:
             continue  # reported by the park, with the interrupts' ids
         kind = "update" if mode == "updates" else "custom"

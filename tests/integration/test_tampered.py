@@ -24,6 +24,7 @@ from support.polling import wait_for
 
 import project
 from project import submit_task
+from project.coordinator.view import genuine_event_check
 from project.core.a2a.envelope import Envelope, Keyring, MessageType, Signer, now_ms
 from project.core.constants import (
     CHANNEL_JOBS,
@@ -487,3 +488,25 @@ def test_the_coordinator_view_refuses_unsigned_or_forged_final_announcements(
     record = rt.jobs.get(target.job_id)
     assert record is not None and record.status is JobStatus.ASSIGNED  # nothing changed
     assert deployment.processes["coordinator"].poll() is None  # the coordinator lives on
+
+
+def test_the_view_believes_an_unsigned_cancel_only_when_the_record_agrees(
+    deployment: LocalDeployment, target: Target
+) -> None:
+    """A cancel (from an app, which holds no keys) is announced without an EVENT: the
+    view checks the record. A bare "CANCELED" for a job that is not is refused."""
+    rt = get_runtime()
+    reason = MalformedEnvelopeError.reason
+    before = snapshot(target).refused.get(reason, 0)
+    fake = {"job_id": target.job_id, "status": "CANCELED", "epoch": 1, "event": ""}
+    rt.redis.publish(CHANNEL_JOBS, json.dumps(fake))
+    wait_for(
+        lambda: snapshot(target).refused.get(reason, 0) > before,
+        GET_TIMEOUT_S,
+        "the coordinator's view to refuse an unsigned CANCELED the record denies",
+    )
+    check = genuine_event_check(rt)
+    assert not check(target.job_id, "CANCELED", "")  # the record says ASSIGNED
+    assert project.cancel_job(target.job_id).canceled  # the real thing, announced unsigned
+    assert check(target.job_id, "CANCELED", "")
+    assert not check(target.job_id, "COMPLETED", "")  # only cancels and timeouts go unsigned

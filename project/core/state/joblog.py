@@ -86,6 +86,19 @@ class JobLog:
         )
         return [_event(entry_id, fields) for entry_id, fields in rows]
 
+    def _rest(self, job_id: str, cursor: str) -> Iterator[JobLogEvent]:
+        """Every event after ``cursor`` up to the final one, however many there are."""
+        after = None if cursor == "0-0" else cursor
+        while True:
+            batch = self.read(job_id, after)
+            for event in batch:
+                yield event
+                if event.is_final:
+                    return
+            if len(batch) < _BATCH:
+                return
+            after = batch[-1].id
+
     def _over(self, job_id: str) -> bool:
         """True if no event can follow: the job is final (its final event is written by
         the script that makes it final), or there is no such job (a submit not yet
@@ -122,6 +135,9 @@ class JobLog:
             if batch:
                 idle_since = time.monotonic()
             elif self._over(job_id):
+                # What was appended between the last read and the check (the final event
+                # is written with the final status) is read before the end.
+                yield from self._rest(job_id, cursor)
                 return
             wait_ms = 1000
             if block_s is not None:

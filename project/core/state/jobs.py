@@ -65,6 +65,9 @@ def chain_link(envelope: Envelope) -> str:
     )
 
 
+OWNER_INDEX_CAP = 10_000
+"""An owner's job index keeps this many of its newest jobs."""
+
 _JSON_OPTIONAL = ("interrupts", "resume", "a2a_message")
 """Record fields stored as JSON that only some jobs have."""
 
@@ -155,6 +158,7 @@ class JobStore:
         self._park = redis.register_script(load_script("job_park"))
         self._resume = redis.register_script(load_script("job_resume"))
         self._cancel = redis.register_script(load_script("job_cancel"))
+        self._retry = redis.register_script(load_script("job_retry"))
 
     def create(self, job_id: str, spec: JobSpec, *, deadline_ms: int) -> bool:
         """Record a new PENDING job. False if a job with this id already exists."""
@@ -181,7 +185,7 @@ class JobStore:
             "payload": _dumps(spec.payload),
             "requirements": spec.requirements.model_dump_json(),
         }
-        args: list[Any] = [job_id, now, CHANNEL_JOBS, self._log_cap, self._result_ttl_s]
+        args: list[Any] = [job_id, now, CHANNEL_JOBS, self._log_cap, OWNER_INDEX_CAP]
         for name, value in fields.items():
             args += [name, value]
         keys = [
@@ -404,7 +408,7 @@ class JobStore:
     ) -> tuple[str, str]:
         """Take the answer to a parked agent's interrupts (INPUT_REQUIRED -> PENDING).
 
-        Returns ``("resumed", epoch)``, ``("not_waiting", status)`` or ``("missing", "")``.
+        Returns ``("resumed", new epoch)``, ``("not_waiting", status)`` or ``("missing", "")``.
         """
         keys = [KEY_JOB + job_id, KEY_JOBS_OPEN, KEY_JOBS_WAITING, KEY_JOB_LOG + job_id]
         args: list[EncodableT] = [
@@ -443,9 +447,10 @@ class JobStore:
         ]
         return [str(part) for part in self._cancel(keys=keys, args=args)]
 
-    def count_retry(self, job_id: str) -> int:
-        """Count one retry of the job's run by its retry policy; the new count."""
-        return int(self._redis.hincrby(KEY_JOB + job_id, "retries", 1))
+    def count_retry(self, job_id: str, epoch: int) -> bool:
+        """Count one retry of the run at ``epoch`` by its retry policy. False: that run is
+        no longer the job's (canceled, re-routed, final): it must not retry."""
+        return int(self._retry(keys=[KEY_JOB + job_id], args=[epoch])) >= 0
 
     def waiting_past(self, when_ms: int, limit: int = 500) -> list[str]:
         """Parked jobs whose input deadline is at or before ``when_ms``."""
@@ -453,6 +458,10 @@ class JobStore:
             KEY_JOBS_WAITING, "-inf", when_ms, start=0, num=limit
         )
         return ids
+
+    def stop_waiting(self, job_id: str) -> None:
+        """Take a job out of ``jobs:waiting`` (its input timeout is dealt with)."""
+        self._redis.zrem(KEY_JOBS_WAITING, job_id)
 
     def owned_by(
         self,

@@ -64,8 +64,10 @@ from project.core.constants import (
     KEY_WORKER_JOBS,
 )
 from project.core.models import JobSpec, JobStatus
+from project.core.state import jobs as jobs_module
 from project.core.state.joblog import JobLog, JobLogEvent
 from project.core.state.jobs import (
+    OWNER_INDEX_CAP,
     AssignKind,
     AssignOutcome,
     FinishKind,
@@ -148,9 +150,10 @@ class AgentDb(JobsDb):
         return job_id, order
 
     def resumed(self) -> str:
-        """An agent job parked at epoch 1 and resumed: PENDING at epoch 1."""
+        """An agent job parked at epoch 1 and resumed: PENDING at epoch 2 (the resume opens
+        a new epoch, so anything built for the parked one is stale)."""
         job_id, _ = self.parked()
-        assert self.store.resume(job_id, {"i1": "yes"}) == ("resumed", "1")
+        assert self.store.resume(job_id, {"i1": "yes"}) == ("resumed", "2")
         return job_id
 
     def waiting(self) -> dict[str, int]:
@@ -161,6 +164,19 @@ class AgentDb(JobsDb):
 
     def ttl(self, key: str) -> int:
         return int(self.redis.ttl(key))  # type: ignore[arg-type]
+
+    def clock_ms(self) -> int:
+        """Redis's clock (``TIME``), in ms: where input deadlines are measured."""
+        seconds, micros = self.redis.time()  # type: ignore[misc]
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    def input_deadline(self, job_id: str, timeout_s: float, low_ms: int, high_ms: int) -> int:
+        """The job's input deadline, checked: ``timeout_s`` after the park, which happened
+        between ``low_ms`` and ``high_ms`` (read with :meth:`clock_ms`)."""
+        deadline = int(self.record(job_id)["input_deadline_ms"])
+        timeout_ms = int(timeout_s * 1000)
+        assert low_ms + timeout_ms <= deadline <= high_ms + timeout_ms
+        return deadline
 
     def seed_checkpoints(self, job_id: str) -> None:
         """Write a checkpoint and a pending write of the job's thread (unfenced): all six
@@ -257,9 +273,11 @@ def test_park_moves_a_running_agent_to_input_required(db: AgentDb) -> None:
     report = work_report(order)
     chain_before = db.chain(job_id)
     before = now_ms()
+    clock_before = db.clock_ms()
 
     assert db.store.park(job_id, epoch=1, interrupts=INTERRUPTS, cause=report) is True
 
+    clock_after = db.clock_ms()
     raw = db.record(job_id)
     updated = int(raw["updated_ms"])
     assert before <= updated <= now_ms()
@@ -272,8 +290,7 @@ def test_park_moves_a_running_agent_to_input_required(db: AgentDb) -> None:
         "1",
     )
     assert json.loads(raw["interrupts"]) == INTERRUPTS
-    deadline = updated + int(INPUT_TIMEOUT_S * 1000)
-    assert raw["input_deadline_ms"] == str(deadline)
+    deadline = db.input_deadline(job_id, INPUT_TIMEOUT_S, clock_before, clock_after)
     assert "result" not in raw and "resume" not in raw
     assert db.chain(job_id) == {**chain_before, "link:000001:c": chain_link(report)}
     job = db.store.get(job_id)
@@ -323,13 +340,14 @@ def test_the_input_deadline_orders_jobs_waiting(timeout_s: float, db: AgentDb) -
         JobSpec(task_type="approval", payload={}, input_timeout_s=timeout_s + 10)
     )
 
+    clock_before = db.clock_ms()
     assert db.store.park(job_id, epoch=1, interrupts=INTERRUPTS)
     assert db.store.park(later_id, epoch=1, interrupts=INTERRUPTS)
+    clock_after = db.clock_ms()
 
-    deadline = int(db.record(job_id)["updated_ms"]) + int(timeout_s * 1000)
-    later = int(db.record(later_id)["updated_ms"]) + int((timeout_s + 10) * 1000)
+    deadline = db.input_deadline(job_id, timeout_s, clock_before, clock_after)
+    later = db.input_deadline(later_id, timeout_s + 10, clock_before, clock_after)
     assert db.waiting() == {job_id: deadline, later_id: later}
-    assert db.record(job_id)["input_deadline_ms"] == str(deadline)
     # Due at its deadline, not a millisecond before; earliest deadline first.
     assert db.store.waiting_past(deadline - 1) == []
     assert db.store.waiting_past(deadline) == [job_id]
@@ -360,6 +378,7 @@ def _parked_already(db: AgentDb) -> tuple[str, int, str]:
 
 
 def _resumed(db: AgentDb) -> tuple[str, int, str]:
+    # The run that parked it (epoch 1) writes late: the resume moved the job to epoch 2.
     return db.resumed(), 1, "PENDING"
 
 
@@ -374,6 +393,10 @@ def _canceled(db: AgentDb) -> tuple[str, int, str]:
     job_id, _ = db.running()
     assert db.store.cancel(job_id, CANCELED)[0] == "canceled"
     return job_id, 1, "CANCELED"
+
+
+def _missing(db: AgentDb) -> tuple[str, int, str]:
+    return uuid.uuid4().hex, 1, "MISSING"
 
 
 NOT_RUNNING = pytest.mark.parametrize(
@@ -438,14 +461,15 @@ def test_resume_moves_a_parked_agent_back_to_pending(db: AgentDb) -> None:
     chain_before = db.chain(job_id)
     before = now_ms()
 
-    assert db.store.resume(job_id, {"i1": "yes"}, a2a_message=message) == ("resumed", "1")
+    assert db.store.resume(job_id, {"i1": "yes"}, a2a_message=message) == ("resumed", "2")
 
     raw = db.record(job_id)
     updated = int(raw["updated_ms"])
     assert before <= updated <= now_ms()
-    # Same epoch (the next dispatch opens the next one); the answer waits in the record;
-    # a new turn counts its dispatches and runs afresh.
-    assert (raw["status"], raw["epoch"]) == ("PENDING", "1")
+    # A new epoch (what was built for the parked one is stale; the next dispatch opens
+    # epoch 3); the answer waits in the record; a new turn counts its dispatches and runs
+    # afresh.
+    assert (raw["status"], raw["epoch"]) == ("PENDING", "2")
     assert (raw["attempts"], raw["runs"]) == ("0", "0")
     assert json.loads(raw["resume"]) == {"i1": "yes"}
     assert json.loads(raw["a2a_message"]) == message
@@ -464,9 +488,9 @@ def test_resume_moves_a_parked_agent_back_to_pending(db: AgentDb) -> None:
     assert db.worker_jobs(W1) == set()
     assert db.counts() == {"PENDING": "1"}  # a resume is not a new job
     assert db.chain(job_id) == chain_before
-    assert db.statuses(job_id)[-2:] == [parked_event(1), resumed_event(1)]
+    assert db.statuses(job_id)[-2:] == [parked_event(1), resumed_event(2)]
     assert db.log(job_id)[-1][:2] == ("status", updated)
-    assert db.events.of(job_id) == [{"job_id": job_id, "status": "PENDING", "epoch": 1}]
+    assert db.events.of(job_id) == [{"job_id": job_id, "status": "PENDING", "epoch": 2}]
 
 
 def test_resume_without_a_message_keeps_the_one_that_started_the_job(db: AgentDb) -> None:
@@ -474,7 +498,7 @@ def test_resume_without_a_message_keeps_the_one_that_started_the_job(db: AgentDb
     spec = JobSpec(task_type="approval", payload={}, input_timeout_s=5, a2a_message=first)
     job_id, _ = db.parked(spec)
 
-    assert db.store.resume(job_id, {"i1": 1}) == ("resumed", "1")
+    assert db.store.resume(job_id, {"i1": 1}) == ("resumed", "2")
 
     assert json.loads(db.record(job_id)["a2a_message"]) == first
 
@@ -482,20 +506,21 @@ def test_resume_without_a_message_keeps_the_one_that_started_the_job(db: AgentDb
 def test_a_resumed_agent_runs_at_the_next_epoch_and_can_park_again(db: AgentDb) -> None:
     job_id = db.resumed()
 
-    # The coordinator sends it on: a new epoch, on any worker; the answer stays in the
-    # record for the run that takes it.
-    order = db.dispatch(job_id, expected_epoch=1, worker_id=W2)
+    # The coordinator sends it on from the resume's epoch (2): a new epoch (3), on any
+    # worker; the answer stays in the record for the run that takes it.
+    order = db.dispatch(job_id, expected_epoch=2, worker_id=W2)
     raw = db.record(job_id)
-    assert (raw["status"], raw["epoch"], raw["assignee"]) == ("IN_PROGRESS", "2", W2)
+    assert (raw["status"], raw["epoch"], raw["assignee"]) == ("IN_PROGRESS", "3", W2)
     assert json.loads(raw["resume"]) == {"i1": "yes"}
     assert db.worker_jobs(W2) == {job_id}
 
-    # It asks again: parked at epoch 2 with a new deadline; the old answer is gone.
+    # It asks again: parked at epoch 3 with a new deadline; the old answer is gone.
     again = [{"id": "i2", "value": "and now?"}]
-    assert db.store.park(job_id, epoch=2, interrupts=again, cause=work_report(order))
+    clock_before = db.clock_ms()
+    assert db.store.park(job_id, epoch=3, interrupts=again, cause=work_report(order))
+    deadline = db.input_deadline(job_id, INPUT_TIMEOUT_S, clock_before, db.clock_ms())
     raw = db.record(job_id)
-    deadline = int(raw["updated_ms"]) + int(INPUT_TIMEOUT_S * 1000)
-    assert (raw["status"], raw["epoch"]) == ("INPUT_REQUIRED", "2")
+    assert (raw["status"], raw["epoch"]) == ("INPUT_REQUIRED", "3")
     assert "resume" not in raw
     assert json.loads(raw["interrupts"]) == again
     assert db.waiting() == {job_id: deadline}
@@ -505,10 +530,10 @@ def test_a_resumed_agent_runs_at_the_next_epoch_and_can_park_again(db: AgentDb) 
         assigned_event(1, W1),
         started_event(1, W1),
         parked_event(1),
-        resumed_event(1),
-        assigned_event(2, W2),
-        started_event(2, W2),
-        parked_event(2, again),
+        resumed_event(2),
+        assigned_event(3, W2),
+        started_event(3, W2),
+        parked_event(3, again),
     ]
 
 
@@ -533,6 +558,44 @@ def test_resume_refuses_a_job_that_is_not_waiting(
         assert db.store.resume(job_id, {"i1": "late"}) == ("not_waiting", status)
 
 
+def test_a_resume_makes_what_was_built_for_the_parked_epoch_stale(db: AgentDb) -> None:
+    # While the agent was parked at epoch 1, a re-route request for epoch 1 was waiting
+    # for a worker, and the run's work order and report were still around.
+    job_id, order = db.parked()
+    reroute = dispatch_order(job_id)
+    assert db.store.resume(job_id, {"i1": "yes"}) == ("resumed", "2")
+
+    # None of them moves, fails or finishes the resumed job.
+    with db.unchanged(job_id):
+        outcome = db.assign(job_id, expected_epoch=1, worker_id=W2, dispatch=reroute)
+        assert outcome == AssignOutcome(AssignKind.STALE, epoch=2)
+    with db.unchanged(job_id):
+        late = db.store.finish(
+            job_id,
+            epoch=1,
+            status=JobStatus.FAILED,
+            error={"type": "NoEligibleWorkerError", "message": "no worker for epoch 1"},
+        )
+        assert late == FinishOutcome(FinishKind.STALE, status="PENDING")
+    with db.unchanged(job_id):
+        report = work_report(order)
+        late = db.store.finish(job_id, epoch=1, status=JobStatus.COMPLETED, result=1, cause=report)
+        assert late == FinishOutcome(FinishKind.STALE, status="PENDING")
+    with db.unchanged(job_id):
+        assert db.start_as(job_id, epoch=1, worker_id=W1, order=order) is StartKind.STALE
+    with db.unchanged(job_id):
+        assert db.store.park(job_id, epoch=1, interrupts=INTERRUPTS) is False
+
+    # The dispatch for the resume's epoch takes it on, to epoch 3, answer and all.
+    db.dispatch(job_id, expected_epoch=2, worker_id=W2)
+    raw = db.record(job_id)
+    assert (raw["status"], raw["epoch"], raw["assignee"]) == ("IN_PROGRESS", "3", W2)
+    assert json.loads(raw["resume"]) == {"i1": "yes"}
+    with db.unchanged(job_id):
+        outcome = db.assign(job_id, expected_epoch=1, worker_id=W1, dispatch=reroute)
+        assert outcome == AssignOutcome(AssignKind.STALE, epoch=3)
+
+
 def test_resume_of_a_missing_job_creates_nothing(db: AgentDb) -> None:
     job_id = uuid.uuid4().hex
 
@@ -553,7 +616,7 @@ def test_resume_of_a_missing_job_creates_nothing(db: AgentDb) -> None:
         (lambda db: db.running(kind="handler")[0], ["IN_PROGRESS", "1", W1, "handler"]),
         (lambda db: db.running()[0], ["IN_PROGRESS", "1", W1, "agent"]),
         (lambda db: db.parked()[0], ["INPUT_REQUIRED", "1", W1, "agent"]),
-        (lambda db: db.resumed(), ["PENDING", "1", W1, "agent"]),
+        (lambda db: db.resumed(), ["PENDING", "2", W1, "agent"]),
     ],
     ids=["pending", "assigned", "running-handler", "running-agent", "parked", "resumed"],
 )
@@ -667,6 +730,8 @@ def test_finish_only_from_input_required_fails_a_parked_agent(db: AgentDb) -> No
     job_id, _ = db.parked()
     db.seed_checkpoints(job_id)
     db.events.of(job_id)
+    waiting = db.waiting()
+    assert list(waiting) == [job_id]
     error = {"type": "InputTimeoutError", "message": "waited too long"}
 
     outcome = db.store.finish(
@@ -677,8 +742,9 @@ def test_finish_only_from_input_required_fails_a_parked_agent(db: AgentDb) -> No
     raw = db.record(job_id)
     assert (raw["status"], raw["result"], json.loads(raw["error"])) == ("FAILED", "null", error)
     assert "interrupts" not in raw
-    assert db.waiting() == {}
-    assert db.store.waiting_past(now_ms() + 10 * int(INPUT_TIMEOUT_S * 1000)) == []
+    # Still in jobs:waiting: the sweep takes it out only once it published the result (a
+    # crash in between is repaired by the next sweep).
+    assert db.waiting() == waiting
     assert db.open_jobs() == {}
     assert db.counts() == {"PENDING": "1", "FAILED": "1"}
     assert 0 < db.ttl(KEY_JOB + job_id) <= RESULT_TTL_S
@@ -690,15 +756,91 @@ def test_finish_only_from_input_required_fails_a_parked_agent(db: AgentDb) -> No
     ]
     assert announced(db.events.of(job_id)) == [("FAILED", 1, W1, "")]
 
+    db.store.stop_waiting(job_id)
+    assert db.waiting() == {}
+    assert db.redis.exists(KEY_JOBS_WAITING) == 0
+    assert db.store.waiting_past(now_ms() + 10 * int(INPUT_TIMEOUT_S * 1000)) == []
+    assert db.record(job_id) == raw  # the record is not touched
+    db.store.stop_waiting(job_id)  # again (a repeated sweep): nothing to do, no error
+    assert db.redis.exists(KEY_JOBS_WAITING) == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "result", "error", "only_from", "with_cause"),
+    [
+        (
+            JobStatus.FAILED,
+            None,
+            {"type": "NoEligibleWorkerError", "message": "no eligible worker"},
+            None,
+            False,
+        ),
+        (JobStatus.COMPLETED, {"late": True}, None, None, True),
+        (JobStatus.ABANDONED, None, {"type": "JobAbandonedError", "message": "gone"}, None, False),
+        (
+            JobStatus.FAILED,
+            None,
+            {"type": "HandlerError", "message": "x"},
+            JobStatus.IN_PROGRESS,
+            True,
+        ),
+    ],
+    ids=["no-worker", "late-report", "abandoned", "only-from-in-progress"],
+)
+def test_a_finish_of_the_parked_epoch_leaves_the_parked_job_alone(
+    status: JobStatus,
+    result: Any,
+    error: dict[str, str] | None,
+    only_from: JobStatus | None,
+    with_cause: bool,
+    db: AgentDb,
+) -> None:
+    # A parked job waits for a person: a late message of its epoch (a re-route's "no
+    # worker", a copy of the report that parked it) must not end it.
+    job_id, order = db.parked()
+    db.seed_checkpoints(job_id)
+    db.events.of(job_id)
+    before = db.snapshot()
+    cause = work_report(order) if with_cause else None
+    event = (
+        SIGNER.reply(cause, MessageType.EVENT, {"job_id": job_id}, sender=DISTRIBUTOR)
+        if cause is not None
+        else None
+    )
+
+    outcome = db.store.finish(
+        job_id,
+        epoch=1,
+        status=status,
+        result=result,
+        error=error,
+        cause=cause,
+        event=event,
+        only_from=only_from,
+    )
+
+    assert outcome == FinishOutcome(FinishKind.STALE, status="INPUT_REQUIRED")
+    assert db.snapshot() == before  # checkpoints, waiting, log, counts: all as they were
+    assert db.events.of(job_id) == []
+    # It still waits: its input timeout (or an answer) is what ends it.
+    timeout = {"type": "InputTimeoutError", "message": "waited too long"}
+    failed = db.store.finish(
+        job_id, epoch=1, status=JobStatus.FAILED, error=timeout, only_from=JobStatus.INPUT_REQUIRED
+    )
+    assert failed == FinishOutcome(FinishKind.RECORDED, status="FAILED")
+
 
 @pytest.mark.parametrize(
     ("setup", "epoch", "status"),
     [
+        # The sweep read the record at the parked epoch; the resume moved it on.
         (lambda db: db.resumed(), 1, "PENDING"),
+        # At the current epoch, but no longer waiting for input.
+        (lambda db: db.resumed(), 2, "PENDING"),
         (lambda db: db.running()[0], 1, "IN_PROGRESS"),
-        (lambda db: _redispatched(db), 2, "ASSIGNED"),
+        (lambda db: _redispatched(db), 3, "ASSIGNED"),
     ],
-    ids=["resumed-meanwhile", "running", "resumed-and-dispatched"],
+    ids=["resumed-meanwhile", "resumed-current-epoch", "running", "resumed-and-dispatched"],
 )
 def test_finish_only_from_leaves_a_job_in_another_status_alone(
     setup: Callable[[AgentDb], str], epoch: int, status: str, db: AgentDb
@@ -719,7 +861,9 @@ def test_finish_only_from_leaves_a_job_in_another_status_alone(
 
 def _redispatched(db: AgentDb) -> str:
     job_id = db.resumed()
-    assert db.assign(job_id, expected_epoch=1, worker_id=W2).kind is AssignKind.OK
+    assert db.assign(job_id, expected_epoch=2, worker_id=W2) == AssignOutcome(
+        AssignKind.OK, epoch=3
+    )
     return job_id
 
 
@@ -740,13 +884,67 @@ def test_finish_expires_checkpoints_only_for_an_agent_run(kind: str, db: AgentDb
         assert ttls == [-1] * 6  # a handler's job has no thread: keys of that name are not its
 
 
+def retry_reply(db: AgentDb, job_id: str, epoch: int) -> int:
+    """``job_retry`` called with its raw KEYS/ARGV: the new count, or -1 (nothing changed)."""
+    script = db.redis.register_script(load_script("job_retry"))
+    return int(script(keys=[KEY_JOB + job_id], args=[epoch]))  # type: ignore[arg-type]
+
+
 def test_count_retry_counts_the_runs_retries(db: AgentDb) -> None:
     job_id, _ = db.running()
+    db.events.of(job_id)
+    log_before = db.log(job_id)
+    raw_before = db.record(job_id)
 
-    assert [db.store.count_retry(job_id) for _ in range(3)] == [1, 2, 3]
+    assert [db.store.count_retry(job_id, 1) for _ in range(3)] == [True, True, True]
+    assert retry_reply(db, job_id, 1) == 4
 
+    raw = db.record(job_id)
+    assert raw == {**raw_before, "retries": "4"}  # the count alone: no status, no time
     job = db.store.get(job_id)
-    assert job is not None and (job.retries, job.runs) == (3, 1)
+    assert job is not None and (job.status, job.retries, job.runs) == (JobStatus.IN_PROGRESS, 4, 1)
+    assert db.log(job_id) == log_before
+    assert db.events.of(job_id) == []
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        _older_epoch,
+        _newer_epoch,
+        _not_started,
+        _parked_already,
+        _resumed,
+        _completed,
+        _canceled,
+        _missing,
+    ],
+    ids=[
+        "older-epoch",
+        "newer-epoch",
+        "not-started",
+        "parked",
+        "resumed",
+        "completed",
+        "canceled",
+        "missing",
+    ],
+)
+def test_count_retry_of_a_run_that_is_not_current_writes_nothing(
+    setup: Callable[[AgentDb], tuple[str, int, str]], db: AgentDb
+) -> None:
+    # A handler's retry policy asks before each retry: a run that was re-routed,
+    # canceled, parked or finished meanwhile must not retry (nor count one).
+    job_id, epoch, status = setup(db)
+
+    with db.unchanged(job_id):
+        assert db.store.count_retry(job_id, epoch) is False
+    with db.unchanged(job_id):
+        assert retry_reply(db, job_id, epoch) == -1
+
+    if status != "MISSING":
+        assert db.record(job_id)["status"] == status
+        assert "retries" not in db.record(job_id)
 
 
 # --- the event log: joblog_append --------------------------------------------------------
@@ -774,10 +972,6 @@ def test_append_writes_events_of_the_current_run(db: AgentDb) -> None:
     ]
     assert not any(e.is_final for e in events)
     assert db.record(job_id)["status"] == "IN_PROGRESS"  # the record is not touched
-
-
-def _missing(db: AgentDb) -> tuple[str, int, str]:
-    return uuid.uuid4().hex, 1, "MISSING"
 
 
 @pytest.mark.parametrize(
@@ -945,6 +1139,97 @@ def test_follow_with_block_s_ends_after_that_long_without_an_event(db: AgentDb) 
     assert 0.25 <= time.monotonic() - started < 3
 
 
+def appended_before_the_over_check(
+    db: AgentDb, monkeypatch: pytest.MonkeyPatch, write: Callable[[], None]
+) -> list[int]:
+    """Make ``db.joblog``'s first check whether the job is over run ``write`` first: what
+    ``write`` appends lands between follow's empty read and that check. The list counts
+    the checks."""
+    real_over = db.joblog._over
+    calls: list[int] = []
+
+    def over(job_id: str) -> bool:
+        calls.append(1)
+        if len(calls) == 1:
+            write()
+        return real_over(job_id)
+
+    monkeypatch.setattr(db.joblog, "_over", over)
+    return calls
+
+
+def test_follow_yields_the_final_event_appended_between_its_read_and_its_check(
+    db: AgentDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id, _ = db.running()
+    cursor = db.joblog.read(job_id)[-1].id  # IN_PROGRESS: the follower has seen it
+
+    def finish() -> None:
+        assert db.joblog.append(job_id, 1, [("custom", {"step": 9})]) == ""
+        outcome = db.store.finish(job_id, epoch=1, status=JobStatus.COMPLETED, result=5)
+        assert outcome.kind is FinishKind.RECORDED
+        # Nothing after the final status reaches a follower.
+        db.redis.xadd(KEY_JOB_LOG + job_id, {"k": "custom", "ms": "0", "d": "{}"})
+
+    checks = appended_before_the_over_check(db, monkeypatch, finish)
+    started = time.monotonic()
+    followed = list(db.joblog.follow(job_id, after=cursor, block_s=5))
+
+    assert time.monotonic() - started < 1  # no wait: the job was over at the check
+    assert checks == [1]
+    assert [(e.kind, e.data) for e in followed] == [
+        ("custom", {"step": 9}),
+        ("status", final_event(JobStatus.COMPLETED, 1, result=5)),
+    ]
+    assert followed[-1].is_final
+    assert followed == db.joblog.read(job_id, after=cursor)[:2]
+
+
+def test_follow_reads_past_a_full_batch_to_the_final_event(
+    db: AgentDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id, _ = db.running()
+    cursor = db.joblog.read(job_id)[-1].id
+
+    def finish() -> None:  # more events in the gap than one read returns (100)
+        for n in range(150):
+            assert db.joblog.append(job_id, 1, [("custom", {"n": n})]) == ""
+        assert db.store.finish(job_id, epoch=1, status=JobStatus.COMPLETED, result=1).kind is (
+            FinishKind.RECORDED
+        )
+
+    appended_before_the_over_check(db, monkeypatch, finish)
+    followed = list(db.joblog.follow(job_id, after=cursor, block_s=5))
+    assert [e.data["n"] for e in followed[:-1]] == list(range(150))
+    assert followed[-1].is_final
+
+
+def test_follow_from_the_start_yields_a_whole_log_written_before_its_check(
+    db: AgentDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The follower's first read finds no log yet; the job is created, run and canceled
+    # before it checks whether the job is over.
+    job_id = uuid.uuid4().hex
+
+    def run() -> None:
+        assert db.store.create(job_id, AGENT_SPEC, deadline_ms=now_ms() + 30_000)
+        db.dispatch(job_id, expected_epoch=0)
+        assert db.store.cancel(job_id, CANCELED)[0] == "canceled"
+
+    checks = appended_before_the_over_check(db, monkeypatch, run)
+    followed = list(db.joblog.follow(job_id, block_s=5))
+
+    assert checks == [1]
+    assert [e.data["status"] for e in followed] == [
+        "PENDING",
+        "ASSIGNED",
+        "IN_PROGRESS",
+        "CANCELED",
+    ]
+    assert followed == db.joblog.read(job_id)
+    assert followed[-1].is_final and not any(e.is_final for e in followed[:-1])
+
+
 def test_follow_from_the_final_cursor_ends_at_once(db: AgentDb) -> None:
     job_id, events = finished_job_with_progress(db)
 
@@ -970,8 +1255,9 @@ def test_create_indexes_an_owners_jobs_newest_first(db: AgentDb) -> None:
     assert len(set(created.values())) == 3
     pairs = db.redis.zrange(KEY_JOBS_OWNER + "alice", 0, -1, withscores=True)
     assert {j: int(score) for j, score in pairs} == created  # type: ignore[union-attr]
-    # The index expires with the owner's last job (the store's result TTL).
-    assert 0 < db.ttl(KEY_JOBS_OWNER + "alice") <= RESULT_TTL_S
+    # The index does not expire: it is capped by count (an agent may wait for days).
+    assert db.ttl(KEY_JOBS_OWNER + "alice") == -1
+    assert db.ttl(KEY_JOBS_OWNER + "bob") == -1
     assert db.record(jobs[0])["owner"] == "alice"
     job = db.store.get(jobs[0])
     assert job is not None and job.owner == "alice"
@@ -1015,6 +1301,68 @@ def test_paging_an_owners_jobs_lists_each_job_once(db: AgentDb) -> None:
     assert sorted(first + rest) == sorted(jobs)
 
 
+def owner_index(db: AgentDb, owner: str) -> dict[str, int]:
+    pairs: list[tuple[str, float]] = db.redis.zrange(  # type: ignore[assignment]
+        KEY_JOBS_OWNER + owner, 0, -1, withscores=True
+    )
+    return {job_id: int(score) for job_id, score in pairs}
+
+
+def test_the_owner_index_keeps_the_newest_jobs_by_count_not_by_age(
+    db: AgentDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jobs_module, "OWNER_INDEX_CAP", 3)
+    alice = JobSpec(task_type="approval", payload={}, owner="alice")
+    bob = db.create(JobSpec(task_type="approval", payload={}, owner="bob"))
+    # A job of alice's created long ago (say a parked agent still waiting): no age limit.
+    db.redis.zadd(KEY_JOBS_OWNER + "alice", {"ancient": 1})
+    jobs: list[str] = []
+    for _ in range(2):
+        jobs.append(db.create(alice))
+        time.sleep(0.005)  # distinct creation times
+    created = {j: int(db.record(j)["created_ms"]) for j in jobs}
+    assert owner_index(db, "alice") == {"ancient": 1, **created}
+    assert db.ttl(KEY_JOBS_OWNER + "alice") == -1
+
+    for _ in range(3):
+        jobs.append(db.create(alice))
+        time.sleep(0.005)
+    created = {j: int(db.record(j)["created_ms"]) for j in jobs}
+    assert len(set(created.values())) == 5
+
+    # The newest three, by rank; the trimmed jobs' records are not touched.
+    assert owner_index(db, "alice") == {j: created[j] for j in jobs[-3:]}
+    assert db.store.owned_by("alice", limit=10) == jobs[::-1][:3]
+    assert all(db.record(j)["owner"] == "alice" for j in jobs)
+    assert db.ttl(KEY_JOBS_OWNER + "alice") == -1
+    assert owner_index(db, "bob") == {bob: int(db.record(bob)["created_ms"])}
+    assert db.ttl(KEY_JOBS_OWNER + "bob") == -1
+
+    # Finishing jobs gives the index no TTL either.
+    job_id = jobs[-1]
+    db.dispatch(job_id, expected_epoch=0)
+    outcome = db.store.finish(job_id, epoch=1, status=JobStatus.COMPLETED, result=1)
+    assert outcome.kind is FinishKind.RECORDED
+    assert db.ttl(KEY_JOBS_OWNER + "alice") == -1
+    assert owner_index(db, "alice") == {j: created[j] for j in jobs[-3:]}
+
+
+def test_the_owner_index_cap_is_owner_index_cap(db: AgentDb) -> None:
+    # The store passes OWNER_INDEX_CAP (10,000) to job_create: a full index drops its
+    # oldest job for the new one, whatever its age.
+    assert OWNER_INDEX_CAP == 10_000
+    key = KEY_JOBS_OWNER + "alice"
+    db.redis.zadd(key, {f"old-{n:05d}": n for n in range(1, OWNER_INDEX_CAP + 1)})
+
+    job_id = db.create(JobSpec(task_type="approval", payload={}, owner="alice"))
+
+    assert db.redis.zcard(key) == OWNER_INDEX_CAP
+    assert db.redis.zscore(key, "old-00001") is None
+    assert db.redis.zscore(key, "old-00002") == 2
+    assert db.redis.zscore(key, job_id) == int(db.record(job_id)["created_ms"])
+    assert db.ttl(key) == -1
+
+
 # --- a multi-turn agent --------------------------------------------------------------------
 
 
@@ -1023,12 +1371,22 @@ def test_an_agent_can_be_resumed_more_often_than_max_attempts(db: AgentDb) -> No
     epoch = 0
     for turn in range(MAX_ATTEMPTS + 1):
         outcome = db.assign(job_id, expected_epoch=epoch, worker_id=W1)
-        assert outcome.kind is AssignKind.OK, f"dispatch {turn + 1}: {outcome}"
+        assert outcome == AssignOutcome(AssignKind.OK, epoch=epoch + 1), f"dispatch {turn + 1}"
         epoch = outcome.epoch
         order = work_order(dispatch_order(job_id), W1, epoch)
         assert db.start_as(job_id, epoch=epoch, worker_id=W1, order=order) is StartKind.RUN
         assert db.store.park(job_id, epoch=epoch, interrupts=INTERRUPTS)
-        assert db.store.resume(job_id, {"i1": turn}) == ("resumed", str(epoch))
+        # Each resume opens an epoch of its own; each dispatch the next one.
+        assert db.store.resume(job_id, {"i1": turn}) == ("resumed", str(epoch + 1))
+        epoch += 1
+        raw = db.record(job_id)
+        assert (raw["status"], raw["epoch"], raw["attempts"], raw["runs"]) == (
+            "PENDING",
+            str(epoch),
+            "0",
+            "0",
+        )
+    assert epoch == 2 * (MAX_ATTEMPTS + 1)
 
 
 # --- the checkpoint fence ------------------------------------------------------------------

@@ -13,7 +13,7 @@ local job_id = ARGV[1]
 local now_ms = ARGV[2]
 local channel = ARGV[3]
 local log_cap = ARGV[4]
-local ttl_s = tonumber(ARGV[5])  -- how long finished jobs are kept (the owner index's horizon)
+local owner_cap = tonumber(ARGV[5])  -- the owner index keeps this many newest jobs
 -- ARGV[6..]: field, value, field, value, ... of the new record
 
 redis.call('HDEL', intents_key, job_id)
@@ -21,10 +21,10 @@ if redis.call('EXISTS', job_key) == 1 then return 0 end
 redis.call('HSET', job_key, unpack(ARGV, 6))
 redis.call('ZADD', open_jobs_key, now_ms, job_id)
 if owner_key then
-  -- Jobs older than the retention horizon have expired: they leave the owner's index.
+  -- Capped by count, not age: an agent may wait for input for days. Ids whose record
+  -- expired are dropped by the reader (list_jobs).
   redis.call('ZADD', owner_key, now_ms, job_id)
-  redis.call('ZREMRANGEBYSCORE', owner_key, '-inf', tonumber(now_ms) - ttl_s * 1000)
-  redis.call('EXPIRE', owner_key, ttl_s)
+  redis.call('ZREMRANGEBYRANK', owner_key, 0, -owner_cap - 1)
 end
 redis.call('XADD', log_key, 'MAXLEN', '~', log_cap, '*', 'k', 'status', 'ms', now_ms,
   'd', cjson.encode({status='PENDING', epoch=0}))

@@ -1,5 +1,5 @@
 -- Record a job's final status and result, once, if the epoch is still current:
--- close it (out of jobs:open, jobs:waiting and its worker's open-job set), let the record
+-- close it (out of jobs:open and its worker's open-job set), let the record
 -- (its chain is in it), its event log and an agent's checkpoints expire, and announce it with
 -- the signed EVENT the coordinator's view verifies.
 -- Returns one of
@@ -13,7 +13,8 @@
 local job_key = KEYS[1]        -- job:{id}
 local open_jobs_key = KEYS[2]  -- jobs:open
 local counts_key = KEYS[3]     -- jobs:count
-local waiting_key = KEYS[4]    -- jobs:waiting
+local waiting_key = KEYS[4]    -- jobs:waiting (left to the caller: it drops a timed-out job
+                               -- from it once the result is published)
 local log_key = KEYS[5]        -- joblog:{id}
 -- KEYS[6..11]: the job's checkpoint keys (expired with it when it ran as an agent)
 
@@ -40,6 +41,9 @@ if status == 'COMPLETED' or status == 'FAILED' or status == 'ABANDONED' or statu
   return {'already', status, r[4] or '', r[5] or ''}
 end
 if only_from ~= '' and status ~= only_from then return {'stale', status} end
+-- A parked job waits for a person: only its input timeout ends it here (cancel has its own
+-- script); a late message of its epoch (a re-route's "no worker") does not.
+if status == 'INPUT_REQUIRED' and only_from ~= 'INPUT_REQUIRED' then return {'stale', status} end
 local fields = {'status', final_status, 'result', result_json, 'error', error_json,
   'updated_ms', now_ms, 'finished_ms', now_ms}
 if chain_link ~= '' then
@@ -54,7 +58,6 @@ redis.call('HSET', job_key, unpack(fields))
 redis.call('HDEL', job_key, 'interrupts', 'resume')
 if assignee and assignee ~= '' then redis.call('SREM', worker_jobs_prefix .. assignee, job_id) end
 redis.call('ZREM', open_jobs_key, job_id)
-if status == 'INPUT_REQUIRED' then redis.call('ZREM', waiting_key, job_id) end
 redis.call('HINCRBY', counts_key, final_status, 1)
 redis.call('EXPIRE', job_key, result_ttl_s)
 redis.call('XADD', log_key, 'MAXLEN', '~', log_cap, '*', 'k', 'status', 'ms', now_ms, 'd',

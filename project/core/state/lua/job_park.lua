@@ -28,7 +28,10 @@ if chain_link ~= '' then
   fields[#fields + 1] = chain_link
 end
 if r[4] then
-  local deadline = now_ms + math.floor(tonumber(r[4]) * 1000)
+  -- On Redis's clock, as the supervisor reads it (no two agents' wall clocks compared).
+  local t = redis.call('TIME')
+  local deadline = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    + math.floor(tonumber(r[4]) * 1000)
   fields[#fields + 1] = 'input_deadline_ms'
   fields[#fields + 1] = deadline
   redis.call('ZADD', waiting_key, deadline, job_id)
