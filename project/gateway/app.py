@@ -104,6 +104,7 @@ def create_app(
         task_store=store,
         agent_card=card,
         event_stream=JobLogStream(jobs, store.peek),
+        jobs=jobs,
         interrupted_task_timeout=INTERRUPTED_TASK_RELEASE_S,
     )
 

@@ -23,12 +23,14 @@ from a2a.types.a2a_pb2 import (
     TaskStatusUpdateEvent,
 )
 
+from project.core.a2a.envelope import now_ms
 from project.gateway.jobs import Jobs
 from project.gateway.mapping import (
     INTERRUPTED_STATES,
     TERMINAL_STATES,
     JobEvent,
     events_for,
+    refusal,
 )
 from project.gateway.versions import counter_of, cursor_of, pack
 
@@ -108,6 +110,7 @@ class JobLogStream(TaskEventStream):
         task = await self._peek(task_id)
         if task is None:
             return
+        logged = cursor_of(after) is not None  # the job has a log: it was recorded
 
         async def on_idle() -> list[A2AEvent] | None:
             stored = await self._peek(task_id)
@@ -120,6 +123,12 @@ class JobLogStream(TaskEventStream):
                     task_id=task_id, context_id=stored.context_id, status=stored.status
                 )
                 return [ending]
+            if not logged and stored.status.state == TaskState.TASK_STATE_SUBMITTED:
+                # No job log yet: perhaps a submit the coordinator refused, whose
+                # replica died before it could write that down.
+                refused = await self._jobs.intake_refusal(task_id)
+                if refused is not None:
+                    return [refusal(task_id, stored.context_id, refused, now_ms=now_ms())]
             return None
 
         async for job_event, event in follow(
@@ -132,6 +141,7 @@ class JobLogStream(TaskEventStream):
             wait_s=self._wait_s,
         ):
             if job_event is not None:
+                logged = True
                 version = pack(job_event.id, 0)
             else:  # made up from the record: just after the snapshot it follows
                 version = pack(cursor_of(after), counter_of(after) + 1)

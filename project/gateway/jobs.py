@@ -6,6 +6,12 @@ log, the skills on offer); :class:`ProjectJobs` implements it on the public API
 the job log in ``project.core``. Those calls are synchronous Redis and broker I/O:
 each runs in a thread pool, so the event loop never blocks; waiting for new log events
 (``XREAD BLOCK``) has a pool of its own, so many open streams cannot starve short calls.
+
+Every one of those threads may hold a connection of the process's one Redis client at
+once (a blocked ``XREAD`` holds its connection for the whole wait), and redis-py's pool
+refuses a connection past its size ("Too many connections"). So the two pools together
+stay under that size (:class:`ProjectJobs` checks it), and streams beyond
+:data:`WAIT_THREADS` take turns: each wait is bounded, and shorter while others queue.
 Tests give the gateway a fake :class:`Jobs` instead.
 """
 
@@ -22,20 +28,34 @@ from celery.result import AsyncResult
 
 from project import app, cancel_job, offered_skills, resume_job, submit_signed
 from project.core.constants import GATEWAY, KEY_JOB, KEY_JOB_LOG
+from project.core.errors import ConfigurationError
 from project.core.models import Skill
 from project.core.runtime import get_runtime
 from project.core.state.joblog import JobLogEvent
 from project.gateway.mapping import JobEvent
 
-__all__ = ["CancelResult", "Jobs", "ProjectJobs", "Threads"]
+__all__ = [
+    "CROWDED_WAIT_S",
+    "SHORT_CALL_THREADS",
+    "WAIT_THREADS",
+    "CancelResult",
+    "Jobs",
+    "ProjectJobs",
+    "Threads",
+]
 
 T = TypeVar("T")
 
 SHORT_CALL_THREADS: Final = 32
 """Threads for short calls (submit, resume, cancel, reads)."""
-WAIT_THREADS: Final = 256
+WAIT_THREADS: Final = 48
 """Threads blocked in ``XREAD`` for new log events: at most this many streams wait at once;
-more wait their turn (each wait is at most a second)."""
+more wait their turn (each wait is at most a second, :data:`CROWDED_WAIT_S` while others
+queue). With :data:`SHORT_CALL_THREADS`, well under redis-py's default pool of 100
+connections, which every thread of the gateway shares."""
+CROWDED_WAIT_S: Final = 0.1
+"""Longest single ``XREAD`` wait while more streams wait than there are wait threads, so
+that they take turns quickly."""
 _LOG_BATCH: Final = 100
 
 
@@ -97,8 +117,17 @@ class Threads:
     """The gateway's thread pools for blocking I/O: short calls, and log waits."""
 
     def __init__(self, short_calls: int = SHORT_CALL_THREADS, waits: int = WAIT_THREADS) -> None:
+        self.size = short_calls + waits
+        """How many threads may run calls at once (each may hold a Redis connection)."""
+        self._wait_threads = waits
+        self._waiting = 0
         self._short = ThreadPoolExecutor(short_calls, thread_name_prefix="gateway-call")
         self._waits = ThreadPoolExecutor(waits, thread_name_prefix="gateway-wait")
+
+    @property
+    def crowded(self) -> bool:
+        """True while more waits are running or queued than there are wait threads."""
+        return self._waiting > self._wait_threads
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a short blocking call in a thread."""
@@ -108,7 +137,11 @@ class Threads:
     async def wait(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a call that blocks waiting (``XREAD BLOCK``) in a thread of its own pool."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._waits, functools.partial(fn, *args, **kwargs))
+        self._waiting += 1
+        try:
+            return await loop.run_in_executor(self._waits, functools.partial(fn, *args, **kwargs))
+        finally:
+            self._waiting -= 1
 
     def close(self) -> None:
         """Stop the pools (calls in flight finish; queued ones are dropped)."""
@@ -124,6 +157,18 @@ class ProjectJobs:
     """:class:`Jobs` on the public ``project`` API and the job log in Redis."""
 
     def __init__(self, threads: Threads) -> None:
+        """Use ``threads`` for the blocking calls.
+
+        Raises:
+            ConfigurationError: ``threads`` could hold more Redis connections at once
+                than the process's Redis client has (see the module docstring).
+        """
+        pool_size = get_runtime().redis.connection_pool.max_connections
+        if threads.size >= pool_size:
+            raise ConfigurationError(
+                f"the gateway's {threads.size} threads could hold more Redis connections "
+                f"at once than its client's pool has ({pool_size})"
+            )
         self._threads = threads
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -177,15 +222,16 @@ class ProjectJobs:
         """See :meth:`Jobs.read_log`."""
         return await self._call(self._read_all, job_id, after)
 
-    @classmethod
-    def _wait(cls, job_id: str, after: str | None, timeout_s: float) -> list[JobEvent]:
-        events = cls._read_all(job_id, after)
+    def _wait(self, job_id: str, after: str | None, timeout_s: float) -> list[JobEvent]:
+        events = self._read_all(job_id, after)
         if events or timeout_s <= 0:
             return events
+        if self._threads.crowded:  # others wait for a thread: give this one back soon
+            timeout_s = min(timeout_s, CROWDED_WAIT_S)
         get_runtime().redis.xread(
             {KEY_JOB_LOG + job_id: after or "0-0"}, count=1, block=max(1, int(timeout_s * 1000))
         )
-        return cls._read_all(job_id, after)
+        return self._read_all(job_id, after)
 
     async def wait_log(self, job_id: str, after: str | None, timeout_s: float) -> list[JobEvent]:
         """See :meth:`Jobs.wait_log`."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -64,6 +65,7 @@ __all__ = [
     "from_value",
     "message_json",
     "payload_of",
+    "refusal",
     "rejection",
     "resume_value_of",
     "skill_of",
@@ -165,13 +167,29 @@ def _ints(obj: Any) -> Any:
     return obj
 
 
+_NON_FINITE: Final = {math.inf: "Infinity", -math.inf: "-Infinity"}
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with each NaN or infinite float replaced by its name (``"NaN"``,
+    ``"Infinity"``, ``"-Infinity"``, as proto3 JSON spells them): JSON has no such numbers,
+    and a protobuf ``Value`` holding one cannot be serialized."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "NaN" if math.isnan(obj) else _NON_FINITE[obj]
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _value(obj: Any) -> Value:
-    return ParseDict(obj, Value())
+    return ParseDict(_finite(obj), Value())
 
 
 def _struct(obj: Mapping[str, Any]) -> Struct:
     struct = Struct()
-    struct.update(dict(obj))
+    struct.update(_finite(dict(obj)))
     return struct
 
 
@@ -266,6 +284,18 @@ def rejection(task_id: str, context_id: str, reason: str, *, now_ms: int) -> Tas
     return TaskStatusUpdateEvent(task_id=task_id, context_id=context_id, status=status)
 
 
+def refusal(
+    task_id: str, context_id: str, error: Mapping[str, Any], *, now_ms: int
+) -> TaskStatusUpdateEvent:
+    """The status update ending a task whose submit the coordinator refused before it
+    recorded a job (``rejected``, or ``failed`` for an error that is not a refusal)."""
+    update = rejection(
+        task_id, context_id, f"{error.get('type')}: {error.get('message')}", now_ms=now_ms
+    )
+    update.status.state = task_state("FAILED", error)
+    return update
+
+
 def _result_text(result: Any) -> str | None:
     if isinstance(result, str):
         return result
@@ -299,7 +329,7 @@ def _parts(spec: Any, what: str) -> list[Part]:
             except (binascii.Error, ValueError) as e:
                 raise InvalidMessageError(f"{what}: part {i} 'raw' is not base64") from e
         try:
-            part = ParseDict(item, Part())
+            part = ParseDict(_finite(item), Part())
         except ParseError as e:
             raise InvalidMessageError(f"{what}: part {i}: {e}") from e
         if part.WhichOneof("content") is None:
@@ -317,7 +347,8 @@ def answer_of(task_id: str, context_id: str, cursor: str, result: Any) -> Answer
     ``artifacts`` (each ``{"parts": [...], "name", "description", "artifactId",
     "metadata", "append", "lastChunk"}``), ``status_message`` (the completed task's status
     message) or ``message`` (answer with this Message instead of a Task); parts are in the
-    spec's JSON form, a string is one text part.
+    spec's JSON form, a string is one text part. An artifact with ``append`` adds its
+    parts to one given earlier in the same answer (same ``artifactId``).
 
     Raises:
         InvalidMessageError: the ``a2a`` answer is malformed.
@@ -348,12 +379,20 @@ def answer_of(task_id: str, context_id: str, cursor: str, result: Any) -> Answer
     raw_artifacts = shape.get("artifacts", [])
     if not isinstance(raw_artifacts, list):
         raise InvalidMessageError("a2a.artifacts must be a list")
+    given: set[str] = set()
     for i, spec in enumerate(raw_artifacts):
         if not isinstance(spec, dict):
             raise InvalidMessageError(f"a2a.artifacts[{i}] is not an object")
         what = f"a2a.artifacts[{i}]"
+        artifact_id = str(spec.get("artifactId") or f"{task_id}:artifact:{i}")
+        if spec.get("append") and artifact_id not in given:
+            raise InvalidMessageError(
+                f"{what}: 'append' adds to an artifact given earlier in the answer, "
+                f"and none has artifactId {artifact_id!r}"
+            )
+        given.add(artifact_id)
         artifact = Artifact(
-            artifact_id=str(spec.get("artifactId") or f"{task_id}:artifact:{i}"),
+            artifact_id=artifact_id,
             name=str(spec.get("name", "")),
             description=str(spec.get("description", "")),
             parts=_parts(spec.get("parts"), what),

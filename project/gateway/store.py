@@ -11,6 +11,13 @@ process: any replica serves any task.
 
 A write that moves a task to CANCELED cancels its job (``project.cancel_job``): that is
 how "cancel" reaches the job record from any replica.
+
+Two ends are not the last word. A FAILED the SDK wrote without the job's log behind it
+(after an error in the gateway, while the job carried on) is marked in the record
+(``unlogged_end``); a read takes it back as soon as the job has a log, and the log says
+how the task goes on. And a task still SUBMITTED with an empty log may be a submit the
+coordinator refused before recording a job (with the replica that sent it gone): a read
+asks for that refusal (``Jobs.intake_refusal``) and ends the task with it.
 """
 
 from __future__ import annotations
@@ -28,7 +35,14 @@ from a2a.server.cluster.task_store import (
 from a2a.server.cluster.version import TaskVersion
 from a2a.server.context import ServerCallContext
 from a2a.server.events.event_queue import Event
-from a2a.types.a2a_pb2 import ListTasksRequest, ListTasksResponse, Task, TaskState
+from a2a.types.a2a_pb2 import (
+    ListTasksRequest,
+    ListTasksResponse,
+    Task,
+    TaskState,
+    TaskStatus,
+    TaskStatusUpdateEvent,
+)
 from a2a.utils.constants import DEFAULT_LIST_TASKS_PAGE_SIZE
 from a2a.utils.errors import InvalidParamsError
 from a2a.utils.task import ListTasksCursor, decode_list_tasks_cursor, encode_list_tasks_cursor
@@ -39,7 +53,14 @@ from project.core.constants import KEY_GATEWAY_TASK, KEY_GATEWAY_TASKS
 from project.core.errors import JobNotFoundError
 from project.gateway.jobs import Jobs, Threads
 from project.gateway.lua import load_script
-from project.gateway.mapping import TERMINAL_STATES, cursor_of_task, fold
+from project.gateway.mapping import (
+    CURSOR_KEY,
+    TERMINAL_STATES,
+    apply,
+    cursor_of_task,
+    fold,
+    refusal,
+)
 from project.gateway.versions import counter_of, cursor_of, pack
 
 __all__ = [
@@ -63,6 +84,12 @@ class TaskRecord:
     task: Task
     counter: int
     owner: str
+    unlogged_end: bool = False
+    """The task's FAILED was written without its job's log behind it (see the module
+    docstring)."""
+
+
+_FIELDS: Final = ["task", "counter", "owner", "unlogged_end"]
 
 
 def caller_of(context: ServerCallContext) -> str:
@@ -90,33 +117,48 @@ class TaskRecords:
         self._ttl_s = ttl_s
         self._save = redis.register_script(load_script("task_save"))
 
-    def save(self, task: Task, owner: str, *, mode: str, expected: int) -> int:
+    def save(
+        self, task: Task, owner: str, *, mode: str, expected: int, unlogged_end: bool = False
+    ) -> int:
         """Write ``task``'s record; returns its new counter, or -1 (conflict) / -2 (foreign)."""
         blob = base64.b64encode(task.SerializeToString()).decode("ascii")
         reply = self._save(
             keys=[KEY_GATEWAY_TASK + task.id, KEY_GATEWAY_TASKS + owner],
-            args=[mode, expected, blob, owner, task.id, now_ms(), self._ttl_s],
+            args=[
+                mode,
+                expected,
+                blob,
+                owner,
+                task.id,
+                now_ms(),
+                self._ttl_s,
+                "1" if unlogged_end else "0",
+            ],
         )
         return int(reply)
 
     @staticmethod
     def _decode(fields: list[str | bytes | None]) -> TaskRecord | None:
-        blob, counter, owner = fields
+        blob, counter, owner, unlogged_end = fields
         if blob is None or counter is None or owner is None:
             return None
         owner_text = owner.decode() if isinstance(owner, bytes) else owner
-        return TaskRecord(Task.FromString(base64.b64decode(blob)), int(counter), owner_text)
+        return TaskRecord(
+            Task.FromString(base64.b64decode(blob)),
+            int(counter),
+            owner_text,
+            unlogged_end=unlogged_end is not None,
+        )
 
     def load(self, task_id: str) -> TaskRecord | None:
         """The record of ``task_id``, or None."""
-        fields = self._redis.hmget(KEY_GATEWAY_TASK + task_id, ["task", "counter", "owner"])
-        return self._decode(fields)
+        return self._decode(self._redis.hmget(KEY_GATEWAY_TASK + task_id, _FIELDS))
 
     def load_many(self, task_ids: list[str]) -> list[TaskRecord | None]:
         """Records of several tasks, in one round trip."""
         pipe = self._redis.pipeline(transaction=False)
         for task_id in task_ids:
-            pipe.hmget(KEY_GATEWAY_TASK + task_id, ["task", "counter", "owner"])
+            pipe.hmget(KEY_GATEWAY_TASK + task_id, _FIELDS)
         return [self._decode(fields) for fields in pipe.execute()]
 
     def owned(self, owner: str, limit: int) -> list[str]:
@@ -130,6 +172,28 @@ class TaskRecords:
         pipe.delete(KEY_GATEWAY_TASK + task_id)
         pipe.zrem(KEY_GATEWAY_TASKS + owner, task_id)
         pipe.execute()
+
+
+def _reopened(task: Task) -> Task:
+    """A copy of ``task`` with its unlogged end taken back: the state it had on the log."""
+    reopened = Task()
+    reopened.CopyFrom(task)
+    before = (
+        TaskState.TASK_STATE_SUBMITTED
+        if cursor_of_task(task) is None
+        else TaskState.TASK_STATE_WORKING
+    )
+    reopened.status.CopyFrom(TaskStatus(state=before, timestamp=task.status.timestamp))
+    return reopened
+
+
+def _logged(event: Event | None) -> bool:
+    """True for a status update read from the job's log (it carries its cursor)."""
+    return (
+        isinstance(event, TaskStatusUpdateEvent)
+        and event.HasField("metadata")
+        and CURSOR_KEY in event.metadata.fields
+    )
 
 
 def _sort_key(task: Task) -> tuple[bool, int, str]:
@@ -149,8 +213,20 @@ class RedisTaskStore(VersionedTaskStore):
         """The task of ``record`` brought up to date with its job's log, and its version."""
         task = record.task
         cursor = cursor_of_task(task)
-        if task.status.state not in TERMINAL_STATES:
-            cursor = _later(cursor, fold(task, await self._jobs.read_log(task.id, cursor)))
+        state = task.status.state
+        if state in TERMINAL_STATES and not record.unlogged_end:
+            return StoredTask(task, pack(cursor, record.counter))
+        events = await self._jobs.read_log(task.id, cursor)
+        if not events and cursor is None:  # no job log (yet, or ever)
+            if state == TaskState.TASK_STATE_SUBMITTED:
+                refused = await self._jobs.intake_refusal(task.id)
+                if refused is not None:
+                    ms = task.status.timestamp.ToMilliseconds() or now_ms()
+                    apply(task, refusal(task.id, task.context_id, refused, now_ms=ms))
+            return StoredTask(task, pack(cursor, record.counter))
+        if state in TERMINAL_STATES:  # an unlogged end, and the job has a log: the log says
+            task = _reopened(task)
+        cursor = _later(cursor, fold(task, events))
         return StoredTask(task, pack(cursor, record.counter))
 
     async def get(self, task_id: str, context: ServerCallContext) -> StoredTask | None:
@@ -161,9 +237,19 @@ class RedisTaskStore(VersionedTaskStore):
         return await self._view(record)
 
     async def peek(self, task_id: str) -> Task | None:
-        """The stored task, whoever owns it, not folded (the event stream reads it)."""
+        """The stored task, whoever owns it, not folded (the event stream reads it); an
+        unlogged end is taken back if the job has a log (see the module docstring)."""
         record = await self._threads.call(self._records.load, task_id)
-        return None if record is None else record.task
+        if record is None:
+            return None
+        task = record.task
+        if (
+            record.unlogged_end
+            and task.status.state in TERMINAL_STATES
+            and (cursor_of_task(task) is not None or await self._jobs.read_log(task_id, None))
+        ):
+            return _reopened(task)
+        return task
 
     async def _cancel_job(self, task: Task) -> None:
         """Carry a CANCELED write to the job; raises if the job cannot be canceled."""
@@ -191,8 +277,10 @@ class RedisTaskStore(VersionedTaskStore):
             ConcurrentTaskModificationError: ``prev_version`` is stale, or a cancel
                 found the task final (or its job not yet recorded).
         """
-        del event, prev
+        del prev
         owner = caller_of(context)
+        # A FAILED not read from the job's log: the SDK's, after an error in the gateway.
+        unlogged_end = task.status.state == TaskState.TASK_STATE_FAILED and not _logged(event)
         if task.status.state == TaskState.TASK_STATE_CANCELED:
             stored = await self.get(task.id, context)
             if stored is None:
@@ -206,7 +294,12 @@ class RedisTaskStore(VersionedTaskStore):
         else:
             mode = "create" if prev_version.is_missing else "cas"
         counter = await self._threads.call(
-            self._records.save, task, owner, mode=mode, expected=counter_of(prev_version)
+            self._records.save,
+            task,
+            owner,
+            mode=mode,
+            expected=counter_of(prev_version),
+            unlogged_end=unlogged_end,
         )
         if counter in (_CONFLICT, _FOREIGN):
             raise ConcurrentTaskModificationError(task.id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,12 +31,15 @@ class FakeJob:
     log: list[JobEvent] = field(default_factory=list)
     status: str = "PENDING"
     answer: asyncio.Future[Any] | None = None
+    answered: bool = False
     messages: list[dict[str, Any]] = field(default_factory=list)
 
 
 class FakeJobs:
     """:class:`project.gateway.jobs.Jobs` in memory. Skills: echo, ask, slow, fail,
-    reject, reply, progress, shaped, malformed, refused."""
+    reject, reply, progress, shaped, malformed, refused, nan (a progress event holding
+    NaN and infinities), badappend (an ``a2a`` answer appending to no artifact), late (not
+    recorded until :meth:`record` says so, as with the coordinator down)."""
 
     def __init__(self, skills: tuple[str, ...] = ()) -> None:
         self.skills = skills or (
@@ -49,10 +53,20 @@ class FakeJobs:
             "shaped",
             "malformed",
             "refused",
+            "nan",
+            "badappend",
+            "late",
         )
         self.jobs: dict[str, FakeJob] = {}
         self.refused: dict[str, dict[str, str]] = {}
         self.cancels: list[str] = []
+        self.unrecorded: dict[str, FakeJob] = {}
+        self.failing_waits: set[str] = set()
+        """Job ids whose next ``wait_log`` raises (a Redis hiccup)."""
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.refuse_cancels: set[str] = set()
+        """Job ids whose cancel finds them ended first."""
+        self._lock = threading.Lock()  # replicas in other threads answer too
 
     # -- the script side --------------------------------------------------------------
 
@@ -119,6 +133,15 @@ class FakeJobs:
             )
         elif kind == "malformed":
             self._finish(job_id, result={"a2a": {"artifacts": [{"parts": []}]}})
+        elif kind == "nan":
+            self._log(job_id, "custom", {"text": "odd numbers", "ratio": float("nan")})
+            self._finish(job_id, result={"high": float("inf"), "low": float("-inf")})
+        elif kind == "badappend":
+            artifact = {"artifactId": "a1", "parts": ["x"], "append": True}
+            self._finish(job_id, result={"a2a": {"artifacts": [artifact]}})
+        elif kind == "late":
+            await asyncio.sleep(float(job.payload.get("sleep_s", 0.3)))
+            self._finish(job_id, result={"result": "late"})
 
     def _finish(
         self, job_id: str, *, result: Any = None, error: dict[str, str] | None = None
@@ -143,26 +166,59 @@ class FakeJobs:
         a2a_message: dict[str, Any],
         owner: str,
     ) -> None:
-        self.jobs[job_id] = FakeJob(task_type, payload, owner, a2a_message)
+        self.loop = asyncio.get_running_loop()
+        job = FakeJob(task_type, payload, owner, a2a_message)
+        if payload.get("hiccup"):  # the gateway's first wait on its log fails
+            self.failing_waits.add(job_id)
+        if task_type == "late":  # on its way to a coordinator that is not there
+            self.unrecorded[job_id] = job
+            return
+        self.jobs[job_id] = job
         if task_type == "refused":  # the coordinator refuses it before recording a job
             self.refused[job_id] = {"type": "InvalidJobError", "message": "payload too big"}
         else:
             asyncio.get_running_loop().create_task(self._run(job_id))
 
-    async def resume(self, job_id: str, value: Any, *, a2a_message: dict[str, Any]) -> None:
+    # -- the test side (from the test's thread) ---------------------------------------
+
+    def _in_loop(self, fn: Any, *args: Any) -> None:
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def record(self, job_id: str) -> None:
+        """The coordinator takes a ``late`` job in at last: it runs."""
+
+        def take() -> None:
+            self.jobs[job_id] = self.unrecorded.pop(job_id)
+            asyncio.get_running_loop().create_task(self._run(job_id))
+
+        self._in_loop(take)
+
+    def answer_elsewhere(self, job_id: str, value: Any) -> None:
+        """Answer a waiting job as another replica would (not through this gateway)."""
+        self._answer(job_id, value)
+
+    def _answer(self, job_id: str, value: Any) -> None:
         job = self.jobs.get(job_id)
         if job is None:
             raise JobNotFoundError(job_id)
-        if job.status != "INPUT_REQUIRED" or job.answer is None:
-            raise JobNotWaitingError(job_id)
-        job.messages.append(a2a_message)
-        job.answer.set_result(value)
+        with self._lock:
+            if job.status != "INPUT_REQUIRED" or job.answer is None or job.answered:
+                raise JobNotWaitingError(job_id)
+            job.answered = True
+        job.answer.get_loop().call_soon_threadsafe(job.answer.set_result, value)
+
+    async def resume(self, job_id: str, value: Any, *, a2a_message: dict[str, Any]) -> None:
+        self._answer(job_id, value)
+        self.jobs[job_id].messages.append(a2a_message)
 
     async def cancel(self, job_id: str) -> CancelResult:
         job = self.jobs.get(job_id)
         if job is None:
             raise JobNotFoundError(job_id)
         self.cancels.append(job_id)
+        if job_id in self.refuse_cancels:  # it ended just before
+            return CancelResult(False, "COMPLETED")
         if job.status in FINAL:
             return CancelResult(False, job.status)
         self._log(
@@ -182,6 +238,9 @@ class FakeJobs:
         return job.log[ids.index(after) + 1 :] if after in ids else []
 
     async def wait_log(self, job_id: str, after: str | None, timeout_s: float) -> list[JobEvent]:
+        if job_id in self.failing_waits:
+            self.failing_waits.discard(job_id)
+            raise ConnectionError("Redis went away for a moment")
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
             events = await self.read_log(job_id, after)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -44,11 +45,10 @@ def gateway_settings(port: int, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def running_gateway(redis_client: Redis) -> Iterator[RunningGateway]:
-    """The gateway on a free port, served by uvicorn in a thread, until the test ends."""
+@contextmanager
+def serving(jobs: FakeJobs, redis_client: Redis) -> Iterator[RunningGateway]:
+    """A gateway replica on ``jobs`` and ``redis_client``, served by uvicorn in a thread."""
     port = free_port()
-    jobs = FakeJobs()
     settings = gateway_settings(port)
     gateway = create_app(
         settings,
@@ -71,3 +71,17 @@ def running_gateway(redis_client: Redis) -> Iterator[RunningGateway]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.fixture
+def running_gateway(redis_client: Redis) -> Iterator[RunningGateway]:
+    """The gateway on a free port, served by uvicorn in a thread, until the test ends."""
+    with serving(FakeJobs(), redis_client) as running:
+        yield running
+
+
+@pytest.fixture
+def second_replica(running_gateway: RunningGateway) -> Iterator[RunningGateway]:
+    """Another replica beside ``running_gateway``: the same job system and Redis."""
+    with serving(running_gateway.jobs, running_gateway.redis) as running:
+        yield running

@@ -310,7 +310,13 @@ def test_a_dropped_stream_is_taken_up_by_subscribe_without_a_gap(
             seen = [r async for r in client.subscribe(SubscribeToTaskRequest(id=task_id))]
         snapshot = seen[0].task
         later = [r.status_update.status for r in seen[1:] if r.HasField("status_update")]
-        progress = [m.parts[0].text for m in snapshot.history[1:]] + [
+        # The snapshot's latest progress message is its status message, earlier ones are
+        # in its history; then come the status updates after it.
+        progress = [
+            m.parts[0].text
+            for m in [*snapshot.history, snapshot.status.message]
+            if m.metadata.fields.get("kind") is not None
+        ] + [
             s.message.parts[0].text
             for s in later
             if s.HasField("message") and s.state == S.TASK_STATE_WORKING
@@ -367,6 +373,8 @@ def rpc(
         ),
         ({"jsonrpc": "1.0", "id": 1, "method": "GetTask", "params": {"id": "x"}}, -32600),
         ([{"jsonrpc": "2.0", "id": 1, "method": "GetTask"}], -32600),
+        (b"[" * 20_000, -32700),
+        (b'{"a":' * 5_000 + b"1" + b"}" * 5_000, -32700),
     ],
 )
 def test_malformed_json_rpc_gets_the_spec_error(

@@ -114,6 +114,50 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read() -> None:
     assert chunked.status_code == 413
 
 
+def raw_call(headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> tuple[int, bytes]:
+    """Drive the ASGI app with exactly these headers and body chunks (as a client that
+    declares one length and sends another would)."""
+    sent: list[dict[str, Any]] = []
+    incoming = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+        for i, c in enumerate(chunks)
+    ]
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"authorization", b"Bearer alice-token-0123456789"), *headers],
+        "client": ("127.0.0.1", 1),
+        "server": ("gw", 80),
+    }
+    asyncio.run(app()(scope, receive, send))  # type: ignore[arg-type]
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, body
+
+
+def test_a_body_is_counted_whatever_length_it_declares() -> None:
+    """``Content-Length: 10`` with a chunked body of 300 bytes is refused all the same."""
+    chunked = [(b"content-length", b"10"), (b"transfer-encoding", b"chunked")]
+    status, _ = raw_call(chunked, [b"x" * 100, b"x" * 100, b"x" * 100])
+    assert status == 413
+    status, body = raw_call([(b"content-length", b"10")], [b"x" * 60])
+    assert (status, body) == (200, b'{"user":"alice","bytes":60}')
+
+
 def test_the_card_names_both_bindings_streaming_skills_and_the_bearer_scheme() -> None:
     settings = Settings(gateway_public_url="https://agents.example.com/", gateway_port=8700)
     skills = [Skill(id="compute", name="Compute", description="Arithmetic", tags=["math"])]

@@ -159,6 +159,7 @@ def test_a_shaped_answer_gives_artifacts_of_every_part_kind() -> None:
                     {"parts": [{"url": "https://example.com/x.txt", "mediaType": "text/plain"}]},
                     {
                         "parts": {"raw": "dGNr", "filename": "x.bin"},
+                        "artifactId": "a1",
                         "append": True,
                         "lastChunk": False,
                     },
@@ -170,7 +171,7 @@ def test_a_shaped_answer_gives_artifacts_of_every_part_kind() -> None:
     (doc, _, _), (link, _, _), (blob, append, last) = answer.artifacts
     assert (doc.artifact_id, doc.name, doc.parts[0].text) == ("a1", "doc", "hello")
     assert link.parts[0].url == "https://example.com/x.txt"
-    assert (blob.parts[0].raw, append, last) == (b"tck", True, False)
+    assert (blob.artifact_id, blob.parts[0].raw, append, last) == ("a1", b"tck", True, False)
     assert answer.message is not None and answer.message.parts[0].text == "done"
     assert not answer.direct
 
@@ -195,6 +196,8 @@ def test_a_direct_message_answer() -> None:
         {"artifacts": [{"parts": [{"nothing": 1}]}]},
         {"message": "hi", "artifacts": []},
         {"unknown": 1},
+        {"artifacts": [{"artifactId": "a1", "parts": ["x"], "append": True}]},
+        {"artifacts": [{"parts": ["x"]}, {"parts": ["y"], "append": True}]},
     ],
 )
 def test_a_malformed_answer_fails_the_task_with_a_reason(shape: Any) -> None:

@@ -341,6 +341,86 @@ def test_a_replica_killed_mid_task_loses_nothing(gateways: Gateways, tmp_path: P
         extra.stop()
 
 
+def test_two_answers_at_once_on_two_replicas_one_resumes_the_other_is_refused(
+    gateways: Gateways,
+) -> None:
+    async def answer(url: str, task: Any, text: str) -> tuple[str, Any]:
+        async with a2a_client(url, ALICE, streaming=False) as client:
+            message = user_message(text=text, task_id=task.id, context_id=task.context_id)
+            try:
+                [done] = await send(client, message)
+            except UnsupportedOperationError as e:
+                return text, e
+            return text, done.task
+
+    async def go() -> None:
+        for _ in range(3):
+            async with a2a_client(gateways.one.url, ALICE, streaming=False) as client:
+                [asked] = await send(client, user_message(text="the door", skill="gw_ask"))
+            task = asked.task
+            results = await asyncio.gather(
+                answer(gateways.one.url, task, "red"), answer(gateways.two.url, task, "blue")
+            )
+            taken = [(text, r) for text, r in results if not isinstance(r, Exception)]
+            assert len(taken) == 1, results  # the other was refused, not lost
+            [(text, done)] = taken
+            assert done.status.state == S.TASK_STATE_COMPLETED
+            assert done.artifacts[0].parts[1].text == f"the door in {text}"
+            async with a2a_client(gateways.two.url, ALICE, streaming=False) as client:
+                final = await client.get_task(GetTaskRequest(id=task.id))
+            assert final.status.state == S.TASK_STATE_COMPLETED
+            assert [m.parts[0].text for m in final.history] == [
+                "the door",
+                "which colour for the door?",
+                text,
+            ]
+
+    run(go())
+
+
+async def _sse_until_final(http: httpx.AsyncClient, url: str, task_id: str) -> str:
+    """Subscribe to ``task_id`` by raw SSE; the last task state seen when the stream ends."""
+    body = {"jsonrpc": "2.0", "id": 1, "method": "SubscribeToTask", "params": {"id": task_id}}
+    headers = {**HEADERS, "Accept": "text/event-stream"}
+    last = ""
+    async with http.stream("POST", url + "/", json=body, headers=headers) as response:
+        async for line in response.aiter_lines():
+            for state in ("TASK_STATE_INPUT_REQUIRED", "TASK_STATE_COMPLETED", "error"):
+                if state in line:
+                    last = state
+    return last
+
+
+def test_many_streams_on_a_task_waiting_for_input_on_both_replicas(gateways: Gateways) -> None:
+    """110 subscribers on each replica (more than the Redis client's 100 connections, and
+    than the wait threads): on the replica that ran the request that asked, and on the
+    other, which takes the answer; every subscriber streams on to the end."""
+    subscribers = 110
+
+    async def go() -> None:
+        async with a2a_client(gateways.one.url, ALICE, streaming=False) as client:
+            [asked] = await send(client, user_message(text="the wall", skill="gw_ask"))
+        task = asked.task
+        limits = httpx.Limits(max_connections=2 * subscribers + 5)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+            streams = [
+                asyncio.create_task(_sse_until_final(http, url, task.id))
+                for url in (gateways.one.url, gateways.two.url)
+                for _ in range(subscribers)
+            ]
+            await asyncio.sleep(2)  # all of them wait on the job's log
+            async with a2a_client(gateways.two.url, ALICE, streaming=False) as client:
+                answer = user_message(text="blue", task_id=task.id, context_id=task.context_id)
+                [done] = await send(client, answer)
+            assert done.task.status.state == S.TASK_STATE_COMPLETED
+            ends = await asyncio.wait_for(asyncio.gather(*streams), 30)
+        assert ends == ["TASK_STATE_COMPLETED"] * (2 * subscribers)
+        for gateway in (gateways.one, gateways.two):
+            assert "Too many connections" not in gateway.log()
+
+    run(go(), timeout_s=90)
+
+
 def test_unknown_skills_and_refused_payloads_are_rejected(gateways: Gateways) -> None:
     async def go() -> None:
         async with a2a_client(gateways.one.url, ALICE, streaming=False) as client:

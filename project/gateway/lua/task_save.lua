@@ -2,6 +2,8 @@
 -- as last written), compare-and-set on the record's write counter.
 -- Modes: 'create' (the record must not exist), 'cas' (its counter must be `expected`),
 -- 'force' (a cancel: the record must exist, any counter).
+-- `unlogged_end` is '1' for a terminal state the job's log did not write (the SDK's FAILED
+-- after an error): a read lets the log override it (see store.py).
 -- Returns the new counter, -1 on a conflict, or -2 if another caller owns the record.
 
 local record_key = KEYS[1]  -- gateway:task:{id}
@@ -14,6 +16,7 @@ local owner = ARGV[4]
 local task_id = ARGV[5]
 local now_ms = tonumber(ARGV[6])
 local ttl_s = tonumber(ARGV[7])
+local unlogged_end = ARGV[8]
 
 local current = redis.call('HMGET', record_key, 'counter', 'owner')
 local counter = tonumber(current[1])
@@ -29,6 +32,11 @@ end
 counter = counter + 1
 redis.call('HSET', record_key, 'task', task_json, 'counter', counter, 'owner', owner,
   'updated_ms', now_ms)
+if unlogged_end == '1' then
+  redis.call('HSET', record_key, 'unlogged_end', '1')
+else
+  redis.call('HDEL', record_key, 'unlogged_end')
+end
 redis.call('EXPIRE', record_key, ttl_s)
 if mode == 'create' then
   redis.call('ZADD', index_key, now_ms, task_id)
