@@ -177,7 +177,7 @@ def _print_ready(
     console.print(
         f"Flower:  http://127.0.0.1:{options.flower_port}/  (user {user}, password {secret})"
     )
-    console.print(gateway_line, highlight=False)
+    console.print(gateway_line, highlight=False, soft_wrap=True)
     if options.metrics_port is not None:
         console.print(f"Metrics: http://127.0.0.1:{options.metrics_port}/metrics (+1 per agent)")
     console.print("Use it from another shell:")

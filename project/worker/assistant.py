@@ -54,7 +54,7 @@ from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.types import interrupt
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from project.core.errors import ConfigurationError
@@ -91,7 +91,13 @@ class AssistantRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    request: str = Field(min_length=1, max_length=2000, description="The user's question.")
+    request: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="The user's question.",
+        # An A2A message's text parts arrive as {"text": ...}: the same question.
+        validation_alias=AliasChoices("request", "text"),
+    )
 
 
 class AssistantState(TypedDict):

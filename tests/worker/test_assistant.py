@@ -21,6 +21,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
+from pydantic import ValidationError
 
 from project.core.checkpoint import RedisSaver, strict_serializer
 from project.core.errors import ConfigurationError
@@ -292,3 +293,12 @@ def test_state_round_trips_through_redis_saver_with_strict_serde(
     resumed = graph.invoke(Command(resume={pending.id: {"approved": True}}), cfg)
     assert resumed["answer"] == "2+3 = 5"
     assert resumed["approved"] is True
+
+
+def test_an_a2a_text_message_is_the_request() -> None:
+    """The gateway turns a message with text parts and no data part into ``{"text": ...}``:
+    the assistant takes that text as the user's question."""
+    assert AssistantRequest.model_validate({"text": "what is 2+3"}).request == "what is 2+3"
+    assert AssistantRequest.model_validate({"request": "what is 2+3"}).request == "what is 2+3"
+    with pytest.raises(ValidationError):
+        AssistantRequest.model_validate({"text": ""})
