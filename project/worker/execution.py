@@ -182,30 +182,36 @@ def call_handler(
     (``on_retry`` counts each retry; False means the run is no longer the job's).
 
     Raises:
-        JobTimeLimitError: the run went over the task type's time limit.
         HandlerError: the handler raised (its own JobErrors pass through).
+        SoftTimeLimitExceeded: past the time limit (``run_handler`` types it).
     """
     retries = 0
     while True:
         try:
             return entry.fn(payload)
-        except JobError:
-            raise
-        except SoftTimeLimitExceeded:
-            raise JobTimeLimitError(
-                f"{order.task_type} ran over its time limit of {entry.time_limit_s}s"
-            ) from None
+        except (JobError, SoftTimeLimitExceeded):
+            raise  # the soft time limit is typed by run_handler, wherever it strikes
         except Exception as exc:
-            policy = entry.retry
-            if policy is None or retries >= policy.max_retries or not isinstance(exc, policy.on):
-                log.warning("handler raised", exc_info=True, extra={"job_id": order.job_id})
-                raise HandlerError(
-                    f"{order.task_type} handler raised {type(exc).__name__}: {exc}"
-                ) from exc
-            time.sleep(policy.delay_s(retries))
+            backoff_or_fail(order, entry, exc, retries)
             retries += 1
             if not on_retry():
                 raise _Superseded() from exc
+
+
+def backoff_or_fail(order: WorkOrder, entry: Handler, exc: Exception, retries: int) -> None:
+    """Wait before retry number ``retries`` of a run that raised ``exc``, if the task
+    type's retry policy allows one.
+
+    Raises:
+        HandlerError: the policy allows no (more) retry of ``exc``.
+    """
+    policy = entry.retry
+    if policy is None or retries >= policy.max_retries or not isinstance(exc, policy.on):
+        log.warning(f"{entry.kind} raised", exc_info=True, extra={"job_id": order.job_id})
+        raise HandlerError(
+            f"{order.task_type} {entry.kind} raised {type(exc).__name__}: {exc}"
+        ) from exc
+    time.sleep(policy.delay_s(retries))
 
 
 def time_limit_report(rt: Runtime, raw: Any) -> dict[str, Any] | None:

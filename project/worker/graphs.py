@@ -21,7 +21,6 @@ Where a run starts:
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,10 +32,11 @@ from pydantic_core import to_jsonable_python
 
 from project.core.checkpoint import FENCE, CheckpointDecodeError, FencedWriteError, RedisSaver
 from project.core.constants import KEY_JOB
-from project.core.errors import HandlerError, JobError, JobTimeLimitError, StoreUnavailableError
+from project.core.errors import HandlerError, JobError, StoreUnavailableError
 from project.core.messages import WorkOrder
 from project.core.models import JobStatus
 from project.core.runtime import Runtime
+from project.worker.execution import backoff_or_fail
 from project.worker.handlers import Handler
 
 log = logging.getLogger("project.worker.agents")
@@ -77,8 +77,8 @@ def run_agent(rt: Runtime, order: WorkOrder, entry: Handler, payload: Any) -> Ag
     """Run (or resume) the agent's graph for a work order, with its retry policy.
 
     Raises:
-        JobError: the run failed (HandlerError for an exception of the graph's own,
-            JobTimeLimitError past the time limit).
+        JobError: the run failed (HandlerError for an exception of the graph's own).
+        SoftTimeLimitExceeded: past the time limit (``run_handler`` types it).
     """
     graph = compiled_graph(rt, entry)
     config: RunnableConfig = {
@@ -112,20 +112,10 @@ def _run(
             break
         except (FencedWriteError, _Stopped):
             return AgentOutcome(None)
-        except SoftTimeLimitExceeded:
-            raise JobTimeLimitError(
-                f"{order.task_type} ran over its time limit of {entry.time_limit_s}s"
-            ) from None
-        except JobError:
-            raise
+        except (JobError, SoftTimeLimitExceeded):
+            raise  # the soft time limit is typed by run_handler, wherever it strikes
         except Exception as exc:
-            policy = entry.retry
-            if policy is None or retries >= policy.max_retries or not isinstance(exc, policy.on):
-                log.warning("agent raised", exc_info=True, extra={"job_id": order.job_id})
-                raise HandlerError(
-                    f"{order.task_type} agent raised {type(exc).__name__}: {exc}"
-                ) from exc
-            time.sleep(policy.delay_s(retries))
+            backoff_or_fail(order, entry, exc, retries)
             retries += 1
             if not rt.jobs.count_retry(order.job_id, order.epoch):
                 return AgentOutcome(None)  # canceled or re-routed meanwhile: no retry

@@ -72,6 +72,18 @@ _JSON_OPTIONAL = ("interrupts", "resume", "a2a_message")
 """Record fields stored as JSON that only some jobs have."""
 
 
+def _closing_keys(job_id: str) -> list[str]:
+    """The keys the scripts that end a job (finish, cancel) take, in their order."""
+    return [
+        KEY_JOB + job_id,
+        KEY_JOBS_OPEN,
+        KEY_JOBS_COUNT,
+        KEY_JOBS_WAITING,
+        KEY_JOB_LOG + job_id,
+        *checkpoint_keys(job_id),
+    ]
+
+
 def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -337,14 +349,7 @@ class JobStore:
         """
         if not status.is_final:
             raise ValueError(f"{status} is not a final status")
-        keys = [
-            KEY_JOB + job_id,
-            KEY_JOBS_OPEN,
-            KEY_JOBS_COUNT,
-            KEY_JOBS_WAITING,
-            KEY_JOB_LOG + job_id,
-            *checkpoint_keys(job_id),
-        ]
+        keys = _closing_keys(job_id)
         args: list[EncodableT] = [
             job_id,
             epoch,
@@ -428,14 +433,7 @@ class JobStore:
         Returns ``["canceled", previous status, epoch, assignee, kind]``,
         ``["final", status]`` (nothing changed) or ``["missing"]``.
         """
-        keys = [
-            KEY_JOB + job_id,
-            KEY_JOBS_OPEN,
-            KEY_JOBS_COUNT,
-            KEY_JOBS_WAITING,
-            KEY_JOB_LOG + job_id,
-            *checkpoint_keys(job_id),
-        ]
+        keys = _closing_keys(job_id)
         args: list[EncodableT] = [
             job_id,
             now_ms(),
