@@ -11,15 +11,19 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TypedDict
 
 import pytest
 from celery import Celery
 from celery.result import AsyncResult
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command, interrupt
 from redis import Redis
 from support.polling import wait_for
 
 from project.client import submit_many
 from project.core.celery_app.config import celery_config
+from project.core.checkpoint import RedisSaver
 from project.core.errors import ConfigurationError
 from project.core.settings import Settings
 from project.core.state.connections import celery_urls, connect_redis, parse_sentinel_url
@@ -186,3 +190,53 @@ def test_cli_output_redacts_every_password_of_a_sentinel_url() -> None:
     shown = _redact(url)
     assert "pw1" not in shown and "pw2" not in shown
     assert shown.count("***") == 3 and "s2:26379" in shown
+
+
+class _Counter(TypedDict, total=False):
+    n: int
+    answer: str
+
+
+def _counting_graph(saver: RedisSaver) -> Any:
+    def add(state: _Counter) -> _Counter:
+        return {"n": state.get("n", 0) + 1}
+
+    def ask(state: _Counter) -> _Counter:
+        return {"answer": interrupt({"n": state["n"]})}
+
+    graph = StateGraph(_Counter)
+    graph.add_node("add", add)
+    graph.add_node("ask", ask)
+    graph.add_edge(START, "add")
+    graph.add_edge("add", "ask")
+    graph.add_edge("ask", END)
+    return graph.compile(checkpointer=saver)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_agent_checkpoints_go_through_a_sentinel_url_and_outlive_a_failover(
+    sentinel_set: SentinelSet,
+) -> None:
+    """The agents' checkpointer on a client from a sentinel:// URL (as workers make it):
+    a graph parks at its interrupt, the master fails over, and the thread resumes from the
+    checkpoint the replica took over."""
+    client = connect_redis(sentinel_set.url)
+    graph = _counting_graph(RedisSaver(client))
+    config: Any = {"configurable": {"thread_id": "sentinel-job"}}
+    parked = graph.invoke({"n": 0}, config)
+    assert parked["__interrupt__"][0].value == {"n": 1}
+    old_master = sentinel_set.master_port()
+    wait_for(
+        lambda: (
+            Redis(port=sentinel_set.replica.port).info("replication")["master_repl_offset"]
+            >= Redis(port=old_master).info("replication")["master_repl_offset"]
+        ),
+        30,
+        "the replica to have the checkpoint",
+    )
+    sentinel_set.master.stop()
+    wait_for(lambda: sentinel_set.master_port() != old_master, 60, "the Sentinel to fail over")
+    resumed = graph.invoke(Command(resume="yes"), config)
+    assert resumed == {"n": 1, "answer": "yes"}
+    client.close()
