@@ -33,6 +33,7 @@ class FakeJob:
     answer: asyncio.Future[Any] | None = None
     answered: bool = False
     messages: list[dict[str, Any]] = field(default_factory=list)
+    release: asyncio.Event | None = None
 
 
 class FakeJobs:
@@ -109,9 +110,13 @@ class FakeJobs:
         elif kind == "reply":
             self._finish(job_id, result={"a2a": {"message": "a direct reply"}})
         elif kind == "progress":
+            if job.payload.get("hold"):  # it finishes only when the test says so
+                job.release = asyncio.Event()
             for step in range(3):
                 self._log(job_id, "custom", {"text": f"step {step}", "step": step})
                 await asyncio.sleep(0.05)
+            if job.release is not None:
+                await job.release.wait()
             self._finish(job_id, result={"steps": 3})
         elif kind == "shaped":
             self._finish(
@@ -193,6 +198,16 @@ class FakeJobs:
             asyncio.get_running_loop().create_task(self._run(job_id))
 
         self._in_loop(take)
+
+    def release(self, job_id: str) -> None:
+        """Let a ``progress`` job sent with ``{"hold": true}`` finish."""
+
+        def go() -> None:
+            release = self.jobs[job_id].release
+            assert release is not None, f"{job_id} is not held"
+            release.set()
+
+        self._in_loop(go)
 
     def answer_elsewhere(self, job_id: str, value: Any) -> None:
         """Answer a waiting job as another replica would (not through this gateway)."""

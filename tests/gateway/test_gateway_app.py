@@ -303,11 +303,16 @@ def test_a_dropped_stream_is_taken_up_by_subscribe_without_a_gap(
 ) -> None:
     async def go() -> None:
         async with a2a_client(running_gateway.url, ALICE) as client:
-            stream = client.send_message(send_request(user_message(text="x", skill="progress")))
+            held = user_message(text="x", data={"hold": True}, skill="progress")
+            stream = client.send_message(send_request(held))
             first = await anext(stream)
             await stream.aclose()  # the client drops the stream after the first event
             task_id = first.task.id
-            seen = [r async for r in client.subscribe(SubscribeToTaskRequest(id=task_id))]
+            seen = []
+            async for r in client.subscribe(SubscribeToTaskRequest(id=task_id)):
+                if not seen:  # subscribed: now the job may finish
+                    running_gateway.jobs.release(task_id)
+                seen.append(r)
         snapshot = seen[0].task
         later = [r.status_update.status for r in seen[1:] if r.HasField("status_update")]
         # The snapshot's latest progress message is its status message, earlier ones are

@@ -236,14 +236,25 @@ def test_subscribe_to_a_task_waiting_for_input_follows_the_answer_from_anywhere(
 def test_subscribe_on_the_running_replica_repeats_and_loses_nothing(
     running_gateway: RunningGateway,
 ) -> None:
+    """Subscribing at different points of a job's progress: the snapshot plus the
+    updates after it hold every step once. The job finishes only after the snapshot
+    arrived, so the subscription is always to a running task, however slow the machine."""
+
     async def go() -> None:
         for delay in (0.0, 0.03, 0.07, 0.12):
             async with a2a_client(running_gateway.url, ALICE, streaming=False) as client:
                 [started] = await send(
-                    client, user_message(text="x", skill="progress"), return_immediately=True
+                    client,
+                    user_message(text="x", data={"hold": True}, skill="progress"),
+                    return_immediately=True,
                 )
             await asyncio.sleep(delay)
-            seen = await subscribe(running_gateway.url, started.task.id)
+            seen: list[StreamResponse] = []
+            async with a2a_client(running_gateway.url, ALICE) as client:
+                async for r in client.subscribe(SubscribeToTaskRequest(id=started.task.id)):
+                    if not seen:
+                        running_gateway.jobs.release(started.task.id)
+                    seen.append(r)
             snapshot = seen[0].task
             steps = [
                 m.parts[0].text

@@ -282,18 +282,19 @@ def test_list_shows_only_the_callers_tasks(gateways: Gateways) -> None:
 
 
 def test_a_dropped_stream_is_taken_up_on_the_other_replica_without_losing_events(
-    gateways: Gateways,
+    gateways: Gateways, tmp_path: Path
 ) -> None:
+    go_ahead = tmp_path / "go-ahead"  # the job ends only after the subscription began
+
     async def go() -> None:
         async with a2a_client(gateways.one.url, ALICE) as client:
-            stream = client.send_message(
-                send_request(user_message(data={"steps": 5, "sleep_s": 0.3}, skill="gw_progress"))
-            )
+            data = {"steps": 5, "sleep_s": 0.3, "hold_file": str(go_ahead)}
+            stream = client.send_message(send_request(user_message(data=data, skill="gw_progress")))
             first = await anext(stream)
             await stream.aclose()  # dropped after the first event
         async with a2a_client(gateways.two.url, ALICE) as client:
             await asyncio.sleep(0.5)  # some progress happens while nobody listens
-            seen = [r async for r in client.subscribe(SubscribeToTaskRequest(id=first.task.id))]
+            seen = await subscribe_then_release(client, first.task.id, go_ahead)
         snapshot = seen[0].task
         later = [r.status_update.status for r in seen[1:] if r.HasField("status_update")]
         steps = [m.parts[0].text for m in [*snapshot.history, snapshot.status.message] if custom(m)]
@@ -304,17 +305,30 @@ def test_a_dropped_stream_is_taken_up_on_the_other_replica_without_losing_events
     run(go())
 
 
-def test_submit_on_one_replica_stream_on_the_other(gateways: Gateways) -> None:
+def test_submit_on_one_replica_stream_on_the_other(gateways: Gateways, tmp_path: Path) -> None:
+    go_ahead = tmp_path / "go-ahead"
+
     async def go() -> None:
         async with a2a_client(gateways.one.url, ALICE, streaming=False) as client:
-            message = user_message(data={"steps": 3}, skill="gw_progress")
+            data = {"steps": 3, "hold_file": str(go_ahead)}
+            message = user_message(data=data, skill="gw_progress")
             [response] = await send(client, message, return_immediately=True)
         async with a2a_client(gateways.two.url, ALICE) as client:
-            seen = [r async for r in client.subscribe(SubscribeToTaskRequest(id=response.task.id))]
+            seen = await subscribe_then_release(client, response.task.id, go_ahead)
         assert seen[0].HasField("task")
         assert seen[-1].status_update.status.state == S.TASK_STATE_COMPLETED
 
     run(go())
+
+
+async def subscribe_then_release(client: Any, task_id: str, go_ahead: Path) -> list[Any]:
+    """Everything a subscription to ``task_id`` streams; once its first response is in,
+    ``go_ahead`` lets the (``hold_file``) job end, so it cannot end before we subscribed."""
+    seen = []
+    async for r in client.subscribe(SubscribeToTaskRequest(id=task_id)):
+        go_ahead.touch()
+        seen.append(r)
+    return seen
 
 
 def test_a_replica_killed_mid_task_loses_nothing(gateways: Gateways, tmp_path: Path) -> None:

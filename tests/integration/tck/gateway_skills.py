@@ -164,11 +164,14 @@ def ask_agent() -> StateGraph:
 class Progress(BaseModel):
     steps: int = 3
     sleep_s: float = 0.2
+    hold_file: str = ""
+    """If set, the last step ends only once this file exists (the test's go-ahead)."""
 
 
 class ProgressState(TypedDict, total=False):
     steps: int
     sleep_s: float
+    hold_file: str
     done: int
 
 
@@ -177,6 +180,11 @@ def _work(state: ProgressState) -> ProgressState:
     for step in range(state["steps"]):
         time.sleep(state["sleep_s"])
         write({"text": f"step {step}", "step": step})
+    deadline = time.monotonic() + 30
+    while state.get("hold_file") and not os.path.exists(state["hold_file"]):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nobody created {state['hold_file']}")
+        time.sleep(0.02)
     return {"done": state["steps"]}
 
 
