@@ -137,6 +137,11 @@ class Skill(BaseModel):
     """A run over this limit fails with JobTimeLimitError."""
 
 
+TIME_LIMIT_GRACE_S = 10.0
+"""After a task type's time limit, the run gets Celery's soft limit (a typed failure);
+this much later, the hard limit (its pool process is killed, freeing the slot)."""
+
+
 class AgentCard(BaseModel):
     """A worker's advertisement in the registry, readable as an A2A AgentCard."""
 

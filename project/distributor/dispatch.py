@@ -42,7 +42,7 @@ from project.core.errors import (
 )
 from project.core.hops import deadline_exceeded, lapsed_envelope, readmit
 from project.core.messages import DispatchRequest, JobEvent, WorkOrder, WorkReport
-from project.core.models import AgentCard, JobStatus
+from project.core.models import TIME_LIMIT_GRACE_S, AgentCard, JobStatus
 from project.core.runtime import Runtime, replay_of
 from project.core.state.jobs import AssignKind, FinishKind
 from project.core.state.results import error_to_dict, publish_final_result
@@ -162,11 +162,6 @@ def _assign_to(
         extra={"job_id": request.job_id, "why": outcome.kind.value, "status": outcome.status},
     )
     return Routing.SKIPPED
-
-
-TIME_LIMIT_GRACE_S = 10.0
-"""After a task type's time limit, the run gets Celery's soft limit (a typed failure);
-this much later, the hard limit (its pool process is killed, freeing the slot)."""
 
 
 def _time_limit(card: AgentCard, request: DispatchRequest) -> float | None:

@@ -21,7 +21,7 @@ from project.core.celery_app.bootsteps import VERSION, AgentHooks, AgentStep
 from project.core.celery_app.broker_keys import broker_keys
 from project.core.constants import KEY_RUNNING, TASK_EXECUTE, Tier, worker_queue
 from project.core.errors import ConfigurationError
-from project.core.models import AgentCard, Skill
+from project.core.models import TIME_LIMIT_GRACE_S, AgentCard, Skill
 from project.core.runtime import Runtime, get_runtime
 from project.core.settings import get_settings
 from project.worker.handlers import HANDLERS
@@ -55,7 +55,9 @@ def build_worker_card(runtime: Runtime, worker: Any) -> AgentCard:
     """Describe this worker: its queue, the task types it runs, its tags and concurrency.
 
     Raises:
-        ConfigurationError: ``AGENTS_WORKER_TASK_TYPES`` names a type with no handler.
+        ConfigurationError: ``AGENTS_WORKER_TASK_TYPES`` names a type with no handler, or
+            a type's time limit does not end before the broker's visibility timeout (the
+            broker would hand the running job out a second time).
     """
     settings = runtime.settings
     worker_id = runtime.identity.worker_id or runtime.identity.agent_id
@@ -63,6 +65,18 @@ def build_worker_card(runtime: Runtime, worker: Any) -> AgentCard:
     unknown = [t for t in offered if t not in HANDLERS]
     if unknown:
         raise ConfigurationError(f"no handler for task types {unknown}; known: {sorted(HANDLERS)}")
+    too_long = [
+        t
+        for t in offered
+        if (limit := HANDLERS[t].time_limit_s) is not None
+        and limit + TIME_LIMIT_GRACE_S >= settings.visibility_timeout_s
+    ]
+    if too_long:
+        raise ConfigurationError(
+            f"task types {too_long} may run longer than the broker's visibility timeout "
+            f"({settings.visibility_timeout_s} s), which would deliver them twice: raise "
+            f"AGENTS_VISIBILITY_TIMEOUT_S above their time limit plus {TIME_LIMIT_GRACE_S:g} s"
+        )
     skills = [
         Skill(
             id=t,

@@ -9,9 +9,12 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from project.core.errors import JobError
+from project.core.errors import ConfigurationError, JobError
 from project.core.messages import WorkOrder
+from project.core.runtime import Runtime
+from project.core.settings import Settings
 from project.worker import HANDLERS, handler
+from project.worker.bootstep import build_worker_card
 from project.worker.execution import call_handler, validated
 from project.worker.handlers import (
     ComputePayload,
@@ -343,3 +346,20 @@ def test_call_handler_turns_failures_into_job_errors(
         handle(order(task_type, payload))
     assert type(caught.value).__name__ == error_type
     assert words in str(caught.value)
+
+
+def test_a_time_limit_past_the_visibility_timeout_stops_the_worker_at_start(
+    registered: list[str],
+) -> None:
+    """The broker hands an unacknowledged job out again after its visibility timeout: a
+    task type allowed to run that long would run twice, so the worker refuses to start."""
+    registered.append("test-long")
+    handler("test-long", payload=Shout, time_limit_s=600)(lambda job: job.text)
+    settings = Settings(worker_id="w-long", worker_task_types=["test-long"])
+
+    card = build_worker_card(
+        Runtime(settings.model_copy(update={"visibility_timeout_s": 611})), None
+    )
+    assert [(s.id, s.time_limit_s) for s in card.skills] == [("test-long", 600)]
+    with pytest.raises(ConfigurationError, match=r"\['test-long'\].*AGENTS_VISIBILITY_TIMEOUT_S"):
+        build_worker_card(Runtime(settings.model_copy(update={"visibility_timeout_s": 610})), None)
