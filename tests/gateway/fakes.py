@@ -110,8 +110,6 @@ class FakeJobs:
         elif kind == "reply":
             self._finish(job_id, result={"a2a": {"message": "a direct reply"}})
         elif kind == "progress":
-            if job.payload.get("hold"):  # it finishes only when the test says so
-                job.release = asyncio.Event()
             for step in range(3):
                 self._log(job_id, "custom", {"text": f"step {step}", "step": step})
                 await asyncio.sleep(0.05)
@@ -173,6 +171,8 @@ class FakeJobs:
     ) -> None:
         self.loop = asyncio.get_running_loop()
         job = FakeJob(task_type, payload, owner, a2a_message)
+        if payload.get("hold"):  # it finishes only when the test says so (release)
+            job.release = asyncio.Event()
         if payload.get("hiccup"):  # the gateway's first wait on its log fails
             self.failing_waits.add(job_id)
         if task_type == "late":  # on its way to a coordinator that is not there

@@ -344,6 +344,7 @@ def test_a_replica_killed_mid_task_loses_nothing(gateways: Gateways, tmp_path: P
             assert from_value(task.artifacts[0].parts[0].data) == {
                 "steps": 4,
                 "sleep_s": 0.3,
+                "hold_file": "",
                 "done": 4,
             }
             progress = [m.parts[0].text for m in task.history if custom(m)]
