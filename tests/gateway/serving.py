@@ -54,7 +54,7 @@ def serving(jobs: FakeJobs, redis_client: Redis) -> Iterator[RunningGateway]:
         settings,
         jobs=jobs,
         records=TaskRecords(redis_client, ttl_s=3600),
-        threads=Threads(short_calls=8, waits=8),
+        threads=Threads(short_calls=8),
     )
     server = uvicorn.Server(
         uvicorn.Config(gateway.app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")

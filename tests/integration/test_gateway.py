@@ -407,9 +407,9 @@ async def _sse_until_final(http: httpx.AsyncClient, url: str, task_id: str) -> s
 
 
 def test_many_streams_on_a_task_waiting_for_input_on_both_replicas(gateways: Gateways) -> None:
-    """110 subscribers on each replica (more than the Redis client's 100 connections, and
-    than the wait threads): on the replica that ran the request that asked, and on the
-    other, which takes the answer; every subscriber streams on to the end."""
+    """110 subscribers on each replica (more than the Redis client's 100 connections): on
+    the replica that ran the request that asked, and on the other, which takes the answer;
+    every subscriber streams on to the end."""
     subscribers = 110
 
     async def go() -> None:
