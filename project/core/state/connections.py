@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -402,12 +403,24 @@ def ride_out(
         return result
 
 
+def _certificate_refused(error: BaseException) -> bool:
+    """True if ``error`` (or what it was raised from) is a failed certificate check."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class RideOutRetry(Retry):
     """redis-py's retry, which also waits out refused writes where they are ridden out.
 
-    Connection errors are retried as redis-py's :class:`~redis.retry.Retry` does; a
-    write Redis refuses is handed to :func:`ride_out` when the calling thread rides
-    refusals out (:func:`rides_out_writes`), and raised at once otherwise.
+    Connection errors are retried as redis-py's :class:`~redis.retry.Retry` does, except
+    a server certificate that fails verification (a wrong CA or host name is not an
+    outage: it is raised at once); a write Redis refuses is handed to :func:`ride_out`
+    when the calling thread rides refusals out (:func:`rides_out_writes`), and raised at
+    once otherwise.
     """
 
     def __init__(
@@ -425,11 +438,22 @@ class RideOutRetry(Retry):
         super().__init__(backoff, retries, supported_errors)
         self.op = op
 
-    def call_with_retry(self, do: Any, fail: Any, *args: Any, **kwargs: Any) -> Any:
+    def call_with_retry(
+        self,
+        do: Any,
+        fail: Any,
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> Any:
         """Run ``do`` as redis-py does, waiting out refused writes if this thread rides them out."""
 
+        def retryable(error: Exception) -> bool:
+            if _certificate_refused(error):
+                return False
+            return is_retryable is None or is_retryable(error)
+
         def attempt() -> Any:
-            return Retry.call_with_retry(self, do, fail, *args, **kwargs)
+            return Retry.call_with_retry(self, do, fail, retryable, with_failure_count)
 
         if not rides_out_writes():
             return attempt()
