@@ -20,13 +20,8 @@ from project.core.constants import KEY_JOB_LOG
 from project.core.errors import ConfigurationError
 from project.core.runtime import get_runtime
 from project.core.state.connections import connect_redis
-from project.gateway.jobs import (
-    KEY_GATEWAY_WAKE,
-    SHORT_CALL_THREADS,
-    LogWaiter,
-    ProjectJobs,
-    Threads,
-)
+from project.gateway.jobs import SHORT_CALL_THREADS, ProjectJobs, Threads
+from project.gateway.log_waiter import KEY_GATEWAY_WAKE, LogWaiter
 from project.gateway.mapping import JobEvent
 from project.local.embedded_redis import EmbeddedRedis
 
