@@ -46,6 +46,7 @@ KEY_JOBS_OWNER: Final = "jobs:owner:"  # jobs:owner:{owner} -> zset job id -> cr
 KEY_JOB_LOG: Final = "joblog:"  # joblog:{id} -> stream, the job's ordered event log
 KEY_GATEWAY_TASK: Final = "gateway:task:"  # gateway:task:{id} -> hash, an A2A task's record
 KEY_GATEWAY_TASKS: Final = "gateway:tasks:"  # gateway:tasks:{owner} -> zset task id -> created
+KEY_GATEWAY_WAKE: Final = "gateway:wake:"  # gateway:wake:{replica} -> stream, one entry: wake up
 KEY_WORKER_JOBS: Final = "worker:jobs:"  # worker:jobs:{id} -> set of its unfinished job ids
 KEY_AGENT_CARDS: Final = "agents:cards"  # hash agent id -> AgentCard json
 KEY_AGENT_HEARTBEATS: Final = "agents:heartbeats"  # zset agent id -> last heartbeat ms

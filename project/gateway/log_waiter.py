@@ -42,10 +42,10 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from project.core.constants import KEY_GATEWAY_WAKE
 from project.core.state.connections import client_from_url
 
 __all__ = [
-    "KEY_GATEWAY_WAKE",
     "LINGER_S",
     "LOG_BLOCK_S",
     "LOG_RIDE_OUT_S",
@@ -55,8 +55,6 @@ __all__ = [
 
 log = logging.getLogger("project.gateway")
 
-KEY_GATEWAY_WAKE: Final = "gateway:wake:"
-"""``gateway:wake:{host}-{pid}-{random}``: a gateway process's wake stream (one entry)."""
 LOG_BLOCK_S: Final = 5.0
 """Longest single ``XREAD BLOCK`` of the log waiter (a new wait wakes it sooner)."""
 LOG_RIDE_OUT_S: Final = 30.0

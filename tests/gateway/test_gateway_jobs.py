@@ -16,12 +16,12 @@ import pytest
 from redis import Redis
 from redis.exceptions import RedisError
 
-from project.core.constants import KEY_JOB_LOG
+from project.core.constants import KEY_GATEWAY_WAKE, KEY_JOB_LOG
 from project.core.errors import ConfigurationError
 from project.core.runtime import get_runtime
 from project.core.state.connections import connect_redis
 from project.gateway.jobs import SHORT_CALL_THREADS, ProjectJobs, Threads
-from project.gateway.log_waiter import KEY_GATEWAY_WAKE, LogWaiter
+from project.gateway.log_waiter import LogWaiter
 from project.gateway.mapping import JobEvent
 from project.local.embedded_redis import EmbeddedRedis
 
