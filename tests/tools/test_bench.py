@@ -22,6 +22,7 @@ from tools.bench.bench import (
     tally,
     tier_of,
 )
+from tools.bench.gateway import _command_rates
 from tools.bench.profile import categorize, summarize
 
 CHILD = 'process 1:"celery main";process 2:"celery child";'
@@ -200,3 +201,14 @@ def test_cli_defaults() -> None:
     assert parse_args(["--breakdown"]).breakdown is True
     with pytest.raises(SystemExit):
         parse_args(["--baseline-event"])
+
+
+def test_gateway_command_rates_per_second() -> None:
+    before = {"cmdstat_xread": {"calls": 10}, "cmdstat_hmget": {"calls": 100}}
+    after = {
+        "cmdstat_xread": {"calls": 20},
+        "cmdstat_hmget": {"calls": 600},
+        "cmdstat_info": {"calls": 5},
+    }
+    rates = _command_rates(before, after, 5.0)
+    assert rates == {"xread": 2.0, "xrange": 0.0, "hmget": 100.0, "total": 103.0}
