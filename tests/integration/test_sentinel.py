@@ -11,14 +11,14 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import pytest
 from celery import Celery
 from celery.result import AsyncResult
-from langgraph.graph import END, START, StateGraph
-from langgraph.types import Command, interrupt
+from langgraph.types import Command
 from redis import Redis
+from support.parked_graph import parked_graph
 from support.polling import wait_for
 
 from project.client import submit_many
@@ -192,27 +192,6 @@ def test_cli_output_redacts_every_password_of_a_sentinel_url() -> None:
     assert shown.count("***") == 3 and "s2:26379" in shown
 
 
-class _Counter(TypedDict, total=False):
-    n: int
-    answer: str
-
-
-def _counting_graph(saver: RedisSaver) -> Any:
-    def add(state: _Counter) -> _Counter:
-        return {"n": state.get("n", 0) + 1}
-
-    def ask(state: _Counter) -> _Counter:
-        return {"answer": interrupt({"n": state["n"]})}
-
-    graph = StateGraph(_Counter)
-    graph.add_node("add", add)
-    graph.add_node("ask", ask)
-    graph.add_edge(START, "add")
-    graph.add_edge("add", "ask")
-    graph.add_edge("ask", END)
-    return graph.compile(checkpointer=saver)
-
-
 @pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_agent_checkpoints_go_through_a_sentinel_url_and_outlive_a_failover(
@@ -222,7 +201,7 @@ def test_agent_checkpoints_go_through_a_sentinel_url_and_outlive_a_failover(
     a graph parks at its interrupt, the master fails over, and the thread resumes from the
     checkpoint the replica took over."""
     client = connect_redis(sentinel_set.url)
-    graph = _counting_graph(RedisSaver(client))
+    graph = parked_graph(RedisSaver(client))
     config: Any = {"configurable": {"thread_id": "sentinel-job"}}
     parked = graph.invoke({"n": 0}, config)
     assert parked["__interrupt__"][0].value == {"n": 1}

@@ -14,14 +14,14 @@ import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import pytest
 from celery import Celery
 from kombu.exceptions import OperationalError
-from langgraph.graph import END, START, StateGraph
-from langgraph.types import Command, interrupt
+from langgraph.types import Command
 from redis.exceptions import ConnectionError as RedisConnectionError
+from support.parked_graph import parked_graph
 from support.tls import TlsRedis, make_ca, start_tls_redis
 
 from project.client import submit_many
@@ -117,29 +117,6 @@ def _celery_client(url: str) -> Celery:
     return client
 
 
-class _Approval(TypedDict, total=False):
-    n: int
-    answer: str
-
-
-def _approval_graph(saver: RedisSaver) -> Any:
-    """add (n + 1) -> ask (interrupts for an answer) -> end."""
-
-    def add(state: _Approval) -> _Approval:
-        return {"n": state.get("n", 0) + 1}
-
-    def ask(state: _Approval) -> _Approval:
-        return {"answer": interrupt({"question": "go on?", "n": state["n"]})}
-
-    graph = StateGraph(_Approval)
-    graph.add_node("add", add)
-    graph.add_node("ask", ask)
-    graph.add_edge(START, "add")
-    graph.add_edge("add", "ask")
-    graph.add_edge("ask", END)
-    return graph.compile(checkpointer=saver)
-
-
 def test_checkpointer_parks_and_resumes_a_graph_over_tls(tls_redis: TlsRedis) -> None:
     url = tls_redis.url(CHECKPOINT_DB)
     config: Any = {"configurable": {"thread_id": "tls-thread"}}
@@ -147,7 +124,7 @@ def test_checkpointer_parks_and_resumes_a_graph_over_tls(tls_redis: TlsRedis) ->
     first = connect_redis(url)
     try:
         first.flushdb()
-        parked = _approval_graph(RedisSaver(first)).invoke({"n": 41}, config)
+        parked = parked_graph(RedisSaver(first), "go on?").invoke({"n": 41}, config)
         assert parked["__interrupt__"][0].value == {"question": "go on?", "n": 42}
         assert first.dbsize() > 0  # the checkpoint lives in the TLS server
     finally:
@@ -156,7 +133,7 @@ def test_checkpointer_parks_and_resumes_a_graph_over_tls(tls_redis: TlsRedis) ->
     # A new client and saver (as another worker would): the thread resumes from Redis.
     second = connect_redis(url)
     try:
-        graph = _approval_graph(RedisSaver(second))
+        graph = parked_graph(RedisSaver(second), "go on?")
         assert graph.get_state(config).next == ("ask",)
         resumed = graph.invoke(Command(resume="yes"), config)
         assert resumed == {"n": 42, "answer": "yes"}
