@@ -31,7 +31,7 @@ log = logging.getLogger("project.worker")
 STALL_EXIT_GRACE_S = 15.0
 """How long a stalled worker's cold shutdown may take before the process exits hard."""
 STALL_EXIT_CODE = 70
-"""The exit code if the process has to exit hard (EX_SOFTWARE)."""
+"""A stalled worker's exit code (EX_SOFTWARE), so ``Restart=on-failure`` restarts it too."""
 
 
 BUILTIN_AGENT_MODULES = ("project.worker.assistant",)
@@ -169,8 +169,14 @@ def queue_names(worker_id: str) -> list[str]:
     return broker_keys().priority_lists(worker_queue(worker_id))
 
 
-def stop_stalled_worker(worker_id: str, stalled_s: float, waiting: int) -> None:
-    """Log, then stop this worker process: cold shutdown, and a hard exit if that hangs."""
+def stop_stalled_worker(
+    worker_id: str, stalled_s: float, waiting: int, controller: Any | None = None
+) -> None:
+    """Log, then stop this worker process: cold shutdown, and a hard exit if that hangs.
+
+    Either way it exits with :data:`STALL_EXIT_CODE`: Celery's cold shutdown would
+    exit 0, so ``controller`` (the worker's ``WorkController``) is given that code first.
+    """
     log.critical(
         "worker consumer stalled: stopping so its jobs are re-routed and it is restarted",
         extra={
@@ -187,6 +193,8 @@ def stop_stalled_worker(worker_id: str, stalled_s: float, waiting: int) -> None:
         faulthandler.dump_traceback(file=sys.__stderr__ or sys.stderr, all_threads=True)
     except (AttributeError, OSError, ValueError):
         log.warning("could not dump the threads' stacks", exc_info=True)
+    if controller is not None:
+        controller.exitcode = STALL_EXIT_CODE  # ``celery worker`` exits with it
     threading.Timer(STALL_EXIT_GRACE_S, os._exit, args=(STALL_EXIT_CODE,)).start()
     os.kill(os.getpid(), signal.SIGQUIT)
 
@@ -201,6 +209,8 @@ class WorkerHooks(AgentHooks):
 
     def __init__(self) -> None:
         self.watchdog = ConsumerWatchdog(0)
+        self.controller: Any | None = None
+        """The worker's ``WorkController``, once started."""
         self._stopping = False
 
     def after_start(self, runtime: Runtime, card: AgentCard) -> None:
@@ -238,7 +248,7 @@ class WorkerHooks(AgentHooks):
         )
         if stalled_s is not None and not self._stopping:
             self._stopping = True
-            stop_stalled_worker(card.id, stalled_s, waiting)
+            stop_stalled_worker(card.id, stalled_s, waiting, self.controller)
 
 
 class WorkerStep(AgentStep):
@@ -246,13 +256,18 @@ class WorkerStep(AgentStep):
 
     name = "project.worker.bootstep"
     tier: ClassVar[Tier] = Tier.WORKER
-    hooks: ClassVar[AgentHooks] = WorkerHooks()
+    hooks: ClassVar[WorkerHooks] = WorkerHooks()
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
         # Before the pool forks, so every child process has the app's handlers.
         if self.tier in get_runtime().identity.tiers:
             load_handler_modules([*BUILTIN_AGENT_MODULES, *get_settings().handler_modules])
+
+    def start(self, worker: Any) -> None:
+        """Give the watchdog the worker's controller, then start as every agent does."""
+        self.hooks.controller = worker
+        super().start(worker)
 
     def build_card(self, runtime: Runtime, worker: Any) -> AgentCard:
         """The worker's card (see :func:`build_worker_card`)."""

@@ -158,6 +158,13 @@ def test_distributor_writes_its_shared_state(agents: LocalDeployment, client: Ce
         again: SharedAgentState | None = rt.shared_state.read(DISTRIBUTOR_ID)
         return again is not None and again.status == "active"
 
+    # A heartbeat that re-admitted it before the mark may still write "active" after
+    # it: only a beat after the mark takes it out of the dead set.
+    wait_for(
+        lambda: DISTRIBUTOR_ID not in rt.registry.snapshot().dead,
+        20,
+        "the distributor's heartbeat to re-admit it",
+    )
     wait_for(active_again, 20, "the distributor to record itself active again")
     assert sync_shared_state(rt)[DISTRIBUTOR_ID] == "active"
     after = rt.shared_state.read(DISTRIBUTOR_ID)

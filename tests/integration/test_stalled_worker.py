@@ -22,6 +22,7 @@ from project.core.state.connections import connect_redis
 from project.core.state.jobs import JobStore
 from project.local.embedded_redis import EmbeddedRedis
 from project.local.topology import default_topology
+from project.worker.bootstep import STALL_EXIT_CODE
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -60,7 +61,8 @@ def test_a_stalled_worker_stops_and_its_jobs_complete_elsewhere(
         assert [r.get(timeout=90)["result"] for r in results] == list(range(12))
         done_s = time.monotonic() - stalled_at
         w1 = deployment.processes["w1"]
-        w1.wait(timeout=30)  # it stopped itself (TimeoutExpired if it did not)
+        # It stopped itself (TimeoutExpired if it did not), with a failure's exit code.
+        assert w1.wait(timeout=30) == STALL_EXIT_CODE
         log = (tmp_path / "w1.log").read_text()
         assert "worker consumer stalled" in log
         records = [store.get(r.id) for r in results]

@@ -43,12 +43,16 @@ class DeploymentClient:
         deployment: The running deployment.
         db: The session redis-server's database it uses.
         client_name: The Celery client's main name.
+        url: The deployment's Redis, where it is not the session's (``db`` is then unused).
     """
 
-    def __init__(self, deployment: LocalDeployment, db: int, client_name: str) -> None:
+    def __init__(
+        self, deployment: LocalDeployment, db: int, client_name: str, *, url: str | None = None
+    ) -> None:
+        url = url or redis_url(db)
         self.deployment = deployment
-        self.redis: Redis = connect_redis(redis_url(db))
+        self.redis: Redis = connect_redis(url)
         self.jobs = JobStore(self.redis, result_ttl_s=3600)
         self.registry = AgentRegistry(self.redis)
         self.client = Celery(client_name, set_as_current=False)
-        self.client.conf.update(celery_config(Settings(redis_url=redis_url(db))))
+        self.client.conf.update(celery_config(Settings(redis_url=url)))
