@@ -23,6 +23,21 @@ kombu's ``unacked`` hash, from where the visibility timeout (or, for tier
 messages, the coordinator's health check) brings it back. A second delivery is
 harmless here: envelopes carry job epochs, and the job record refuses a replay.
 
+**A remote-control read that can never hang the worker.** Celery's remote control
+(the pidbox) is a fanout queue, which kombu reads through a Redis subscription in
+the worker's event loop, with a read that has no timeout (redis-py's
+``PubSub.parse_response(block=True)``). When Redis is killed and is back already by
+the time the worker reads the end of the old connection (its main thread was
+starved of CPU or paused across the outage), redis-py reconnects inside that read
+and reads again, but does not subscribe again (kombu opened the connection itself,
+so redis-py's re-subscribe callback was never registered): the read waits forever
+on a connection subscribed to nothing. The consumer sees no error, takes nothing
+more from its queue and acks nothing, while the heartbeat thread goes on. Seen in
+CI after a Redis restart; reproduced every time by pausing a worker across the
+outage. The fix looks before it reads: a closed connection raises the broker
+connection error at once, outside redis-py's retry, so Celery restarts the
+consumer as after any broker loss; a reply that has begun is read with a bound.
+
 **Riding out a Redis that refuses writes** (``maxmemory`` with ``noeviction``, a
 read-only replica). Such a Redis refuses every ``MULTI``, even one of deletes, and
 every write that could grow it, while ``BRPOP``, plain deletes and ``PUBLISH`` still
@@ -76,7 +91,12 @@ _original_ack: Callable[..., Any] = kombu_redis.QoS.ack
 _original_reject: Callable[..., Any] = kombu_redis.QoS.reject
 _original_restore_by_tag: Callable[..., Any] = kombu_redis.QoS.restore_by_tag
 _original_restore_visible: Callable[..., Any] = kombu_redis.QoS.restore_visible
+_original_receive_one: Callable[..., Any] = kombu_redis.Channel._receive_one
+_original_poll_error: Callable[..., Any] = kombu_redis.Channel._poll_error
 _CLIENT_ATTR = "_agents_sync_client"
+
+LISTEN_READ_TIMEOUT_S = 1.0
+"""Longest a subscription read waits for the rest of a reply that has begun to arrive."""
 
 
 def _create_client(self: Any, asynchronous: bool = False) -> Any:
@@ -163,6 +183,47 @@ def _restore_visible(self: Any, *args: Any, **kwargs: Any) -> None:
         note_write_refusal(WriteOp.RESTORE, error)
 
 
+class _BoundedPubSub:
+    """A channel's subscription client whose reads wait a bounded time, never forever."""
+
+    __slots__ = ("_pubsub",)
+
+    def __init__(self, pubsub: Any) -> None:
+        self._pubsub = pubsub
+
+    def parse_response(self, block: bool = True, timeout: float = 0) -> Any:
+        return self._pubsub.parse_response(block=False, timeout=LISTEN_READ_TIMEOUT_S)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pubsub, name)
+
+
+def _listen_readable(channel: Any, pubsub: Any) -> bool:
+    """Whether the subscription has data; raises the connection error if it was closed."""
+    connection = pubsub.connection
+    if connection is None or connection._sock is None:
+        return False  # dropped: kombu registers and subscribes again on its next tick
+    try:
+        return bool(connection.can_read(timeout=0))  # raises on end of file or reset
+    except channel.connection_errors:
+        channel._in_listen = None
+        raise
+
+
+def _receive_one(self: Any, c: Any) -> Any:
+    if not _listen_readable(self, c):
+        return None
+    return _original_receive_one(self, _BoundedPubSub(c))
+
+
+def _poll_error(self: Any, type: str, **options: Any) -> Any:
+    if type != "LISTEN":
+        return _original_poll_error(self, type, **options)
+    if _listen_readable(self, self.subclient):
+        _BoundedPubSub(self.subclient).parse_response()
+    return None
+
+
 def apply() -> None:
     """Install every fix (idempotent)."""
     kombu_redis.Channel._connparams = _connparams  # type: ignore[method-assign]
@@ -172,3 +233,5 @@ def apply() -> None:
     kombu_redis.QoS.reject = _reject  # type: ignore[method-assign]
     kombu_redis.QoS.restore_by_tag = _restore_by_tag  # type: ignore[method-assign]
     kombu_redis.QoS.restore_visible = _restore_visible  # type: ignore[method-assign]
+    kombu_redis.Channel._receive_one = _receive_one  # type: ignore[method-assign]
+    kombu_redis.Channel._poll_error = _poll_error  # type: ignore[method-assign]
