@@ -103,21 +103,6 @@ def _every_agent_up(request: pytest.FixtureRequest) -> None:
         deployment.wait_ready(timeout_s=60)
 
 
-def _assert_one_result_each(cluster: Cluster, results: list[AsyncResult], timeout_s: float) -> None:
-    try:
-        for result in results:
-            result.get(timeout=timeout_s)
-    except Exception:
-        for result in results:
-            record = cluster.jobs.get(result.id)
-            if record is None or not record.status.is_final:
-                print("UNFINISHED", result.id, record, cluster.jobs.chain(result.id))
-        raise
-    for result in results:
-        record = cluster.jobs.get(result.id)
-        assert record is not None and record.status is JobStatus.COMPLETED, result.id
-
-
 def running_elsewhere(jobs: JobStore, victims: set[str], dead: str) -> bool:
     """Every job the dead worker held is done, or running on another worker."""
     for job_id in victims:
@@ -142,7 +127,7 @@ def test_killed_worker_jobs_rerouted_and_completed(cluster: Cluster) -> None:
     print(f"\nrecovery: {len(victims)} jobs of killed w1 running elsewhere after {recovery_s:.2f}s")
     assert recovery_s < RECOVERY_LIMIT_S
     assert [r.get(timeout=60)["result"] for r in results] == list(range(48))
-    _assert_one_result_each(cluster, results, 60)
+    cluster.completed(results, 60)
     assert "w1" in cluster.registry.dead_agents()
     assert cluster.redis.llen("worker.w1") == 0
     records = [cluster.jobs.get(j) for j in victims]
@@ -217,7 +202,7 @@ def test_killed_distributor_loses_nothing(cluster: Cluster) -> None:
         "both distributors to dispatch jobs of the batch",
     )
     cluster.deployment.kill("distributor1")
-    _assert_one_result_each(cluster, results, 90)
+    cluster.completed(results, 90)
     assert [r.get(timeout=1)["result"] for r in results] == [i + 1 for i in range(300)]
     cluster.restart("distributor1")
 

@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from celery.result import AsyncResult
 from conftest import redis_url, start_deployment
 from redis import Redis
 
 from project.core.celery_app.config import celery_config
+from project.core.models import JobStatus
 from project.core.settings import Settings
 from project.core.state.connections import connect_redis
 from project.core.state.jobs import JobStore
@@ -56,3 +58,18 @@ class DeploymentClient:
         self.registry = AgentRegistry(self.redis)
         self.client = Celery(client_name, set_as_current=False)
         self.client.conf.update(celery_config(Settings(redis_url=url)))
+
+    def completed(self, results: list[AsyncResult], timeout_s: float) -> list[Any]:
+        """Each job's result, every job COMPLETED; on a timeout, print the unfinished ones."""
+        try:
+            values = [result.get(timeout=timeout_s) for result in results]
+        except Exception:
+            for result in results:
+                record = self.jobs.get(result.id)
+                if record is None or not record.status.is_final:
+                    print("UNFINISHED", result.id, record, self.jobs.chain(result.id))
+            raise
+        for result in results:
+            record = self.jobs.get(result.id)
+            assert record is not None and record.status is JobStatus.COMPLETED, result.id
+        return values
