@@ -102,6 +102,12 @@ def test_a_subscription_read_after_a_redis_restart_raises_instead_of_hanging(
             assert isinstance(error, channel.connection_errors), error
             assert channel._in_listen is None  # the next tick subscribes again
 
+            # A subscription closed under it is a lost connection too, not a quiet
+            # reconnect (which would subscribe to nothing on a socket nobody polls).
+            channel.subclient.connection.disconnect()
+            with pytest.raises(channel.connection_errors):
+                channel._receive()
+
             # What Celery does next: a new connection and channel, which hears again.
             with Connection(server.url) as fresh:
                 channel = _listening_channel(fresh, received)

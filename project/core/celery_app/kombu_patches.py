@@ -199,11 +199,16 @@ class _BoundedPubSub:
 
 
 def _listen_readable(channel: Any, pubsub: Any) -> bool:
-    """Whether the subscription has data; raises the connection error if it was closed."""
+    """Whether the subscription has data; raises the connection error if it was closed.
+
+    A closed subscription is a lost broker connection, never something to reconnect
+    quietly: a quiet reconnect (``can_read`` on a closed connection opens a new one)
+    subscribes to nothing, and the poller still watches the old socket.
+    """
     connection = pubsub.connection
-    if connection is None or connection._sock is None:
-        return False  # dropped: kombu registers and subscribes again on its next tick
     try:
+        if connection is None or connection._sock is None:
+            raise RedisConnectionError("the broker subscription's connection was closed")
         return bool(connection.can_read(timeout=0))  # raises on end of file or reset
     except channel.connection_errors:
         channel._in_listen = None
